@@ -1,0 +1,219 @@
+"""transformers-native checkpoints <-> ours, with identical outputs.
+
+Our modules carry transformers' parameter names where the architecture is the same, so converting
+is a config translation plus a state-dict copy; transformers' GPT ``Conv1D`` layers store their
+weight as (in, out) and are transposed into our ``nn.Linear`` (out, in).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+from .models import gpt1, gpt2, gpt3
+
+
+@dataclass
+class Route:
+    """How one transformers model type maps onto ours."""
+
+    config_to_ours: Any  # (their config, our config class) -> dict of our config kwargs
+    config_to_theirs: Any  # our config -> their config
+    heads: dict[str, str]  # their class name -> our class-name suffix
+    default_paper_type: str
+
+
+_COMMON = ("vocab_size", "num_hidden_layers", "num_attention_heads", "initializer_range",
+           "layer_norm_epsilon", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def _labels(config: PreTrainedConfig) -> dict:
+    return {"id2label": dict(config.id2label), "label2id": dict(config.label2id),
+            "problem_type": config.problem_type}
+
+
+def _gpt2_to_ours(theirs) -> dict:
+    for flag in ("add_cross_attention", "scale_attn_by_inverse_layer_idx"):
+        if getattr(theirs, flag, False):
+            raise ValueError(f"GPT-2 checkpoints with `{flag}=True` are not the paper's architecture.")
+    if not getattr(theirs, "scale_attn_weights", True):
+        raise ValueError("GPT-2 checkpoints with `scale_attn_weights=False` are not supported.")
+    kwargs = {name: getattr(theirs, name) for name in _COMMON}
+    kwargs.update(
+        hidden_size=theirs.n_embd,
+        max_position_embeddings=theirs.n_positions,
+        intermediate_size=theirs.n_inner or 4 * theirs.n_embd,
+        activation_function=theirs.activation_function,
+        bos_token_id=theirs.bos_token_id,
+        eos_token_id=theirs.eos_token_id,
+        pad_token_id=theirs.pad_token_id,
+        tie_word_embeddings=theirs.tie_word_embeddings,
+        **_labels(theirs),
+    )
+    return kwargs
+
+
+def _gpt2_to_theirs(ours) -> PreTrainedConfig:
+    if getattr(ours, "layer_types", None) and any(t != "full_attention" for t in ours.layer_types):
+        raise ValueError("Only GPT-3 configs whose layers are all dense have a transformers GPT-2 twin.")
+    if ours.head_dim * ours.num_attention_heads != ours.hidden_size:
+        raise ValueError("transformers' GPT-2 needs head_dim * num_attention_heads == hidden_size.")
+    return transformers.GPT2Config(
+        **{name: getattr(ours, name) for name in _COMMON},
+        n_embd=ours.hidden_size,
+        n_positions=ours.max_position_embeddings,
+        n_inner=ours.intermediate_size,
+        activation_function=ours.activation_function,
+        bos_token_id=ours.bos_token_id,
+        eos_token_id=ours.eos_token_id,
+        pad_token_id=ours.pad_token_id,
+        tie_word_embeddings=ours.tie_word_embeddings,
+        **_labels(ours),
+    )
+
+
+def _gpt1_to_ours(theirs) -> dict:
+    kwargs = {name: getattr(theirs, name) for name in _COMMON}
+    kwargs.update(
+        hidden_size=theirs.n_embd,
+        max_position_embeddings=theirs.n_positions,
+        activation_function=theirs.afn,
+        clf_pdrop=theirs.summary_first_dropout,
+        pad_token_id=getattr(theirs, "pad_token_id", None),
+        tie_word_embeddings=theirs.tie_word_embeddings,
+        **_labels(theirs),
+    )
+    return kwargs
+
+
+def _gpt1_to_theirs(ours) -> PreTrainedConfig:
+    if ours.intermediate_size != 4 * ours.hidden_size:
+        raise ValueError("transformers' OpenAI GPT has a fixed 4·hidden_size feed-forward.")
+    return transformers.OpenAIGPTConfig(
+        **{name: getattr(ours, name) for name in _COMMON},
+        n_embd=ours.hidden_size,
+        n_positions=ours.max_position_embeddings,
+        afn=ours.activation_function,
+        summary_first_dropout=ours.clf_pdrop,
+        pad_token_id=ours.pad_token_id,
+        tie_word_embeddings=ours.tie_word_embeddings,
+        **_labels(ours),
+    )
+
+
+ROUTES: dict[str, Route] = {
+    "gpt2": Route(
+        _gpt2_to_ours, _gpt2_to_theirs,
+        {
+            "GPT2Model": "Model",
+            "GPT2LMHeadModel": "LMHeadModel",
+            "GPT2ForSequenceClassification": "ForSequenceClassification",
+            "GPT2ForTokenClassification": "ForTokenClassification",
+        },
+        "paper-gpt2",
+    ),
+    "openai-gpt": Route(
+        _gpt1_to_ours, _gpt1_to_theirs,
+        {
+            "OpenAIGPTModel": "Model",
+            "OpenAIGPTLMHeadModel": "LMHeadModel",
+            "OpenAIGPTDoubleHeadsModel": "DoubleHeadsModel",
+            "OpenAIGPTForSequenceClassification": "ForSequenceClassification",
+        },
+        "paper-gpt1",
+    ),
+}
+
+_PAPER_MODULES = {"paper-gpt1": (gpt1, "PaperGPT1"), "paper-gpt2": (gpt2, "PaperGPT2"),
+                  "paper-gpt3": (gpt3, "PaperGPT3")}
+_THEIR_TYPE = {"paper-gpt1": "openai-gpt", "paper-gpt2": "gpt2", "paper-gpt3": "gpt2"}
+
+
+def _transposed_keys(model: torch.nn.Module) -> set[str]:
+    return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Conv1D)}
+
+
+def _load_theirs(source: str | os.PathLike | PreTrainedModel) -> PreTrainedModel:
+    if isinstance(source, PreTrainedModel):
+        return source
+    path = str(source)
+    if not os.path.isdir(path):
+        raise ValueError(f"{path!r} is not a local folder holding a transformers checkpoint.")
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in ROUTES:
+        raise ValueError(
+            f"{path} holds model type {config.model_type!r}; convertible types: {sorted(ROUTES)}."
+        )
+    architecture = (config.architectures or [None])[0]
+    cls = getattr(transformers, architecture, None) if architecture else None
+    if cls is None:
+        cls = transformers.AutoModel._model_mapping[type(config)]
+    return cls.from_pretrained(path)
+
+
+def convert_from_transformers(
+    model_or_path: str | os.PathLike | PreTrainedModel, model_type: str | None = None
+) -> PreTrainedModel:
+    """A transformers-native model (or local checkpoint folder) as the zoo's model, same outputs.
+
+    ``model_type`` picks the target when several papers share the architecture (``"paper-gpt3"``
+    takes a GPT-2 checkpoint with every layer dense).
+    """
+    theirs = _load_theirs(model_or_path)
+    their_type = theirs.config.model_type
+    if their_type not in ROUTES:
+        raise ValueError(f"Model type {their_type!r} has no conversion; supported: {sorted(ROUTES)}.")
+    route = ROUTES[their_type]
+    head = route.heads.get(type(theirs).__name__)
+    if head is None:
+        raise ValueError(f"{type(theirs).__name__} has no counterpart; supported: {sorted(route.heads)}.")
+    model_type = model_type or route.default_paper_type
+    if _THEIR_TYPE.get(model_type) != their_type:
+        raise ValueError(f"A {their_type!r} checkpoint cannot become {model_type!r}.")
+    module, prefix = _PAPER_MODULES[model_type]
+    config_class = getattr(module, f"{prefix}Config")
+    kwargs = route.config_to_ours(theirs.config)
+    if model_type == "paper-gpt3":
+        kwargs["layer_types"] = ["full_attention"] * kwargs["num_hidden_layers"]
+        kwargs["sliding_window"] = kwargs["max_position_embeddings"]
+    config = config_class(**kwargs)
+    ours = getattr(module, f"{prefix}{head}")(config)
+    transposed = _transposed_keys(theirs)
+    state = {k: (v.t().contiguous() if k in transposed else v) for k, v in theirs.state_dict().items()}
+    _load_exact(ours, state)
+    return ours.to(theirs.dtype).eval() if not theirs.training else ours.to(theirs.dtype)
+
+
+def convert_to_transformers(model: PreTrainedModel) -> PreTrainedModel:
+    """The zoo's model as transformers' own class of the same architecture, same outputs."""
+    model_type = model.config.model_type
+    if model_type not in _THEIR_TYPE:
+        raise ValueError(f"{model_type!r} has no transformers twin; convertible: {sorted(_THEIR_TYPE)}.")
+    route = ROUTES[_THEIR_TYPE[model_type]]
+    _, prefix = _PAPER_MODULES[model_type]
+    head = type(model).__name__.removeprefix(prefix)
+    their_name = next((t for t, o in route.heads.items() if o == head), None)
+    if their_name is None:
+        raise ValueError(f"{type(model).__name__} has no transformers counterpart.")
+    theirs = getattr(transformers, their_name)(route.config_to_theirs(model.config))
+    transposed = _transposed_keys(theirs)
+    state = {k: (v.t().contiguous() if k in transposed else v) for k, v in model.state_dict().items()}
+    _load_exact(theirs, state)
+    return theirs.to(model.dtype).eval() if not model.training else theirs.to(model.dtype)
+
+
+def _load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    expected = set(model.state_dict())
+    state = {k: v for k, v in state.items() if k in expected or not k.endswith((".attn.bias", ".masked_bias"))}
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"Weights do not line up: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}."
+        )
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,180 @@
+"""Causal multi-head self-attention shared by the decoder papers (GPT-1, GPT-2, GPT-3, GPT-4).
+
+Dense layers go through transformers' attention interface (SDPA by default, eager on request).
+GPT-3's locally banded layers (Brown et al. 2020, §2.1, after Child et al. 2019) use a blocked
+kernel whose time and memory are O(n·w): the sequence is cut into blocks of ``w`` queries and each
+block attends only to its own block and the previous one, so no n×n score matrix or mask exists.
+
+Hub-exportable: standard library, ``torch`` and ``transformers`` only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q Kᵀ / √d + M) V  (Vaswani et al. 2017, eq. 1). Inputs (b, h, n, d); output (b, n, h, d)."""
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    elif query.shape[-2] > 1:  # no mask given: plain causal attention aligned to the last keys
+        q_len, k_len = query.shape[-2], key.shape[-2]
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2), weights
+
+
+def band_block_mask(window: int, num_blocks: int, device: torch.device) -> torch.Tensor:
+    """Boolean (num_blocks, w, 2w) mask of the blocked band.
+
+    Query ``i`` of block ``c`` sits at position ``c·w + i``; key ``j`` of the two-block window sits at
+    ``(c-1)·w + j``. The band keeps keys with ``q - w < k ≤ q``, i.e. ``i < j ≤ i + w``; block 0 has
+    no previous block, so its first ``w`` keys are dropped.
+    """
+    i = torch.arange(window, device=device)[:, None]
+    j = torch.arange(2 * window, device=device)[None, :]
+    band = (j > i) & (j <= i + window)
+    mask = band.expand(num_blocks, window, 2 * window).clone()
+    mask[0, :, :window] = False
+    return mask
+
+
+def banded_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    window: int,
+    padding_mask: torch.Tensor | None = None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    use_sdpa: bool = True,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention restricted to the last ``window`` positions, in O(n·w) time and memory.
+
+    ``query``/``key``/``value`` are (b, h, n, d) with no cache in front; ``padding_mask`` is the 2-D
+    (b, n) mask of real tokens. Returns (b, n, h, d).
+    """
+    b, h, n, d = query.shape
+    w = window
+    num_blocks = -(-n // w)
+    pad = num_blocks * w - n
+    if pad:
+        query, key, value = (F.pad(t, (0, 0, 0, pad)) for t in (query, key, value))
+    q = query.view(b, h, num_blocks, w, d)
+    k = key.view(b, h, num_blocks, w, d)
+    v = value.view(b, h, num_blocks, w, d)
+    # Each block's keys: the previous block followed by its own (block 0's "previous" is masked).
+    k = torch.cat([torch.cat([k[:, :, :1], k[:, :, :-1]], dim=2), k], dim=3)
+    v = torch.cat([torch.cat([v[:, :, :1], v[:, :, :-1]], dim=2), v], dim=3)
+    mask = band_block_mask(w, num_blocks, query.device)[None, None]  # (1, 1, nb, w, 2w)
+    if padding_mask is not None:
+        keep = F.pad(padding_mask.bool(), (0, pad)).view(b, num_blocks, w)
+        prev = torch.cat([torch.zeros_like(keep[:, :1]), keep[:, :-1]], dim=1)
+        keys_kept = torch.cat([prev, keep], dim=2)  # (b, nb, 2w)
+        i = torch.arange(w, device=query.device)
+        diagonal = torch.zeros(w, 2 * w, dtype=torch.bool, device=query.device)
+        diagonal[i, i + w] = True  # key j == i + w is the query itself
+        mask = mask & (keys_kept[:, None, :, None, :] | diagonal)  # a query always sees itself
+    if use_sdpa:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout if module.training else 0.0, scale=scaling
+        )
+    else:
+        scaling = d**-0.5 if scaling is None else scaling
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+        weights = F.dropout(weights, p=dropout, training=module.training)
+        out = torch.matmul(weights, v)
+    out = out.reshape(b, h, num_blocks * w, d)[:, :, :n]
+    return out.transpose(1, 2), None
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with a fused QKV projection (GPT naming: c_attn, c_proj).
+
+    ``head_dim`` may differ from ``hidden_size / num_attention_heads`` (GPT-3 Table 2.1). When
+    ``sliding_window`` is set the layer is a locally banded one.
+    """
+
+    def __init__(self, config, layer_idx: int, sliding_window: int | None = None):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
+        inner = self.num_heads * self.head_dim
+        self.c_attn = nn.Linear(config.hidden_size, 3 * inner)
+        self.c_proj = nn.Linear(inner, config.hidden_size)
+        self.attention_dropout = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.sliding_window = sliding_window
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        padding_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, n, _ = hidden_states.shape
+        qkv = self.c_attn(hidden_states).view(b, n, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        past_length = 0
+        if past_key_values is not None:
+            past_length = past_key_values.get_seq_length(self.layer_idx)
+            key, value = past_key_values.update(key, value, self.layer_idx)
+        dropout = self.attention_dropout if self.training else 0.0
+        implementation = self.config._attn_implementation
+        if self.sliding_window is not None and past_length == 0 and n > self.sliding_window:
+            out, weights = banded_attention_forward(
+                self, query, key, value, self.sliding_window, padding_mask, self.scaling, dropout,
+                use_sdpa=implementation != "eager",
+            )
+        else:
+            interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            out, weights = interface(
+                self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
+                sliding_window=self.sliding_window, **kwargs,
+            )
+        out = self.c_proj(out.reshape(b, n, -1))
+        return self.resid_dropout(out), weights
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network: c_proj(act(c_fc(x)))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.activation_function]
+        self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+
