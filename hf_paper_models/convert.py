@@ -182,6 +182,9 @@ def convert_from_transformers(
     if model_type == "paper-gpt3":
         kwargs["layer_types"] = ["full_attention"] * kwargs["num_hidden_layers"]
         kwargs["sliding_window"] = kwargs["max_position_embeddings"]
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # transformers only warns on these
+        if isinstance(kwargs.get(name), int) and not 0 <= kwargs[name] < kwargs["vocab_size"]:
+            kwargs[name] = None
     config = config_class(**kwargs)
     ours = getattr(module, f"{prefix}{head}")(config)
     transposed = _transposed_keys(theirs)

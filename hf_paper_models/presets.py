@@ -53,6 +53,11 @@ def preset(name: str, **overrides) -> PreTrainedConfig:
     if {"hidden_size", "num_attention_heads"} & overrides.keys() and "head_dim" not in overrides:
         values.pop("head_dim", None)
     values.update(overrides)
+    if "vocab_size" in overrides:  # a shrunk vocabulary drops special ids it no longer holds
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            default = getattr(config_class, name, None) if name not in values else values[name]
+            if name not in overrides and isinstance(default, int) and default >= overrides["vocab_size"]:
+                values[name] = None
     return config_class(**values)
 
 

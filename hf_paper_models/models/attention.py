@@ -127,6 +127,7 @@ class CausalSelfAttention(nn.Module):
         inner = self.num_heads * self.head_dim
         self.c_attn = nn.Linear(config.hidden_size, 3 * inner)
         self.c_proj = nn.Linear(inner, config.hidden_size)
+        self.c_proj.is_residual_projection = True  # GPT-2's scaled initialisation applies here
         self.attention_dropout = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
         self.scaling = self.head_dim**-0.5
@@ -173,6 +174,7 @@ class FeedForward(nn.Module):
         self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.activation_function]
         self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.c_proj.is_residual_projection = True
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -97,10 +97,11 @@ class PaperGPT2PreTrainedModel(PaperPreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         # §2.3: "scale the weights of residual layers at initialization by a factor of 1/√N where N is
-        # the number of residual layers" — two residual branches (attention, MLP) per block.
-        if isinstance(module, (CausalSelfAttention, FeedForward)):
+        # the number of residual layers" — two residual branches (attention, MLP) per block. (Set
+        # on the projection itself: transformers skips parents without direct parameters.)
+        if isinstance(module, nn.Linear) and getattr(module, "is_residual_projection", False):
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
-            init.normal_(module.c_proj.weight, mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
 
 
 class PaperGPT2Model(PaperGPT2PreTrainedModel):
