@@ -78,12 +78,17 @@ def _gpt2_to_theirs(ours) -> PreTrainedConfig:
     )
 
 
+# transformers' OpenAI GPT names its activations itself: its "gelu" is the tanh approximation.
+_OPENAI_ACT_TO_OURS = {"gelu": "gelu_new", "relu": "relu", "silu": "silu", "swish": "silu"}
+_OURS_ACT_TO_OPENAI = {"gelu_new": "gelu", "relu": "relu", "silu": "silu"}
+
+
 def _gpt1_to_ours(theirs) -> dict:
     kwargs = {name: getattr(theirs, name) for name in _COMMON}
     kwargs.update(
         hidden_size=theirs.n_embd,
         max_position_embeddings=theirs.n_positions,
-        activation_function=theirs.afn,
+        activation_function=_OPENAI_ACT_TO_OURS[theirs.afn],
         clf_pdrop=theirs.summary_first_dropout,
         pad_token_id=getattr(theirs, "pad_token_id", None),
         tie_word_embeddings=theirs.tie_word_embeddings,
@@ -95,11 +100,13 @@ def _gpt1_to_ours(theirs) -> dict:
 def _gpt1_to_theirs(ours) -> PreTrainedConfig:
     if ours.intermediate_size != 4 * ours.hidden_size:
         raise ValueError("transformers' OpenAI GPT has a fixed 4·hidden_size feed-forward.")
+    if ours.activation_function not in _OURS_ACT_TO_OPENAI:
+        raise ValueError(f"transformers' OpenAI GPT has no {ours.activation_function!r} activation.")
     return transformers.OpenAIGPTConfig(
         **{name: getattr(ours, name) for name in _COMMON},
         n_embd=ours.hidden_size,
         n_positions=ours.max_position_embeddings,
-        afn=ours.activation_function,
+        afn=_OURS_ACT_TO_OPENAI[ours.activation_function],
         summary_first_dropout=ours.clf_pdrop,
         pad_token_id=ours.pad_token_id,
         tie_word_embeddings=ours.tie_word_embeddings,
@@ -189,7 +196,7 @@ def convert_from_transformers(
     ours = getattr(module, f"{prefix}{head}")(config)
     transposed = _transposed_keys(theirs)
     state = {k: (v.t().contiguous() if k in transposed else v) for k, v in theirs.state_dict().items()}
-    _load_exact(ours, state)
+    _load_exact(ours, state, theirs)
     return ours.to(theirs.dtype).eval() if not theirs.training else ours.to(theirs.dtype)
 
 
@@ -207,13 +214,19 @@ def convert_to_transformers(model: PreTrainedModel) -> PreTrainedModel:
     theirs = getattr(transformers, their_name)(route.config_to_theirs(model.config))
     transposed = _transposed_keys(theirs)
     state = {k: (v.t().contiguous() if k in transposed else v) for k, v in model.state_dict().items()}
-    _load_exact(theirs, state)
+    _load_exact(theirs, state, model)
     return theirs.to(model.dtype).eval() if not model.training else theirs.to(model.dtype)
 
 
-def _load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor], source=None) -> None:
+    """Load ``state`` strictly; tied copies (an LM head tied to the embeddings) are filled or dropped."""
     expected = set(model.state_dict())
     state = {k: v for k, v in state.items() if k in expected or not k.endswith((".attn.bias", ".masked_bias"))}
+    for target, origin in (getattr(model, "_tied_weights_keys", None) or {}).items():
+        if target not in state and origin in state:
+            state[target] = state[origin]
+    source_ties = getattr(source, "_tied_weights_keys", None) or {}
+    state = {k: v for k, v in state.items() if k in expected or k not in source_ties}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise ValueError(
