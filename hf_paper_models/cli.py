@@ -1,0 +1,121 @@
+"""``hfpm``: the zoo's command line (list, card, convert, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+
+
+def parameter_count(config) -> int:
+    """Parameters of the model a config describes, built on the meta device (no memory used)."""
+    import hf_paper_models
+
+    classes = hf_paper_models.REGISTRY[config.model_type][1]
+    model_class = next(iter(classes.values()))
+    for auto_class, cls in classes.items():
+        if auto_class.__name__ in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM"):
+            model_class = cls
+    with torch.device("meta"):
+        model = model_class(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def human(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            digits = 2 if unit == "B" and n < 10 * scale else (1 if n < 100 * scale else 0)
+            return f"{n / scale:.{digits}f}{unit}"
+    return str(int(n))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from hf_paper_models.presets import PAPER_PARAMETERS, PRESETS, preset
+
+    rows = [("model type", "preset", "parameters", "paper")]
+    for name, model_type in PRESETS.items():
+        count = parameter_count(preset(name))
+        paper = PAPER_PARAMETERS.get(name)
+        rows.append((model_type, name, f"{count:,} ({human(count)})", human(paper) if paper else "—"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(rows[0], widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows[1:]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    return 0
+
+
+def card_text(model_type: str) -> str:
+    path = CARDS_DIR / f"{model_type}.md"
+    if not path.is_file():
+        known = sorted(p.stem for p in CARDS_DIR.glob("*.md")) if CARDS_DIR.is_dir() else []
+        raise ValueError(f"No model card for {model_type!r}; cards exist for: {known}.")
+    return path.read_text(encoding="utf-8")
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    print(card_text(args.model_type))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from hf_paper_models import convert_from_transformers
+
+    model = convert_from_transformers(args.source, model_type=args.model_type)
+    model.save_pretrained(args.destination)
+    try:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(args.source).save_pretrained(args.destination)
+    except (OSError, ValueError):
+        pass  # a checkpoint without a tokenizer converts all the same
+    try:
+        (Path(args.destination) / "README.md").write_text(card_text(model.config.model_type), encoding="utf-8")
+    except ValueError:
+        pass
+    print(f"{type(model).__name__} ({parameter_count(model.config):,} parameters) saved to {args.destination}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hf_paper_models.demo import run_demo
+
+    run_demo(output_dir=args.output_dir, seconds=args.seconds, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hfpm", description="hf_paper_models: the papers' models as transformers models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="model types, presets and their parameter counts").set_defaults(func=cmd_list)
+    card = sub.add_parser("card", help="print a model type's model card")
+    card.add_argument("model_type")
+    card.set_defaults(func=cmd_card)
+    convert = sub.add_parser("convert", help="convert a transformers checkpoint folder into ours")
+    convert.add_argument("source")
+    convert.add_argument("destination")
+    convert.add_argument("--model-type", default=None, help="target when several fit (e.g. paper-gpt3)")
+    convert.set_defaults(func=cmd_convert)
+    demo = sub.add_parser("demo", help="train a tiny GPT-2 on the embedded corpus and save it")
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--seconds", type=float, default=120.0)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"hfpm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
