@@ -8,8 +8,9 @@ weight as (in, out) and are transposed into our ``nn.Linear`` (out, in).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
 
 import torch
 import transformers
@@ -21,12 +22,30 @@ from .models import gpt1, gpt2, gpt3
 
 @dataclass
 class Route:
-    """How one transformers model type maps onto ours."""
+    """How one transformers model type maps onto ours (and back).
 
-    config_to_ours: Any  # (their config, our config class) -> dict of our config kwargs
-    config_to_theirs: Any  # our config -> their config
-    heads: dict[str, str]  # their class name -> our class-name suffix
-    default_paper_type: str
+    ``paper_types`` maps each of our model types this checkpoint can become to (module, class-name
+    prefix); the first is the default. ``heads`` maps transformers' class names to our class-name
+    suffixes. ``state_to_ours`` / ``state_to_theirs`` rename state-dict keys where our names differ
+    (GPT ``Conv1D`` weights are transposed by the engine itself).
+    """
+
+    their_type: str
+    config_to_ours: Callable[[PreTrainedConfig], dict]
+    config_to_theirs: Callable[[PreTrainedConfig], PreTrainedConfig]
+    heads: dict[str, str]
+    paper_types: dict[str, tuple[ModuleType, str]]
+    state_to_ours: Callable[[dict], dict] | None = None
+    state_to_theirs: Callable[[dict], dict] | None = None
+    adjust_config: Callable[[str, dict], dict] | None = None  # (our model type, kwargs) -> kwargs
+
+
+#: transformers model type -> Route. Papers with a transformers twin add theirs with register_route.
+ROUTES: dict[str, Route] = {}
+
+
+def register_route(route: Route) -> None:
+    ROUTES[route.their_type] = route
 
 
 _COMMON = ("vocab_size", "num_hidden_layers", "num_attention_heads", "initializer_range",
@@ -114,32 +133,34 @@ def _gpt1_to_theirs(ours) -> PreTrainedConfig:
     )
 
 
-ROUTES: dict[str, Route] = {
-    "gpt2": Route(
-        _gpt2_to_ours, _gpt2_to_theirs,
-        {
-            "GPT2Model": "Model",
-            "GPT2LMHeadModel": "LMHeadModel",
-            "GPT2ForSequenceClassification": "ForSequenceClassification",
-            "GPT2ForTokenClassification": "ForTokenClassification",
-        },
-        "paper-gpt2",
-    ),
-    "openai-gpt": Route(
-        _gpt1_to_ours, _gpt1_to_theirs,
-        {
-            "OpenAIGPTModel": "Model",
-            "OpenAIGPTLMHeadModel": "LMHeadModel",
-            "OpenAIGPTDoubleHeadsModel": "DoubleHeadsModel",
-            "OpenAIGPTForSequenceClassification": "ForSequenceClassification",
-        },
-        "paper-gpt1",
-    ),
-}
+def _gpt3_all_dense(model_type: str, kwargs: dict) -> dict:
+    if model_type == "paper-gpt3":  # GPT-2 weights as a GPT-3 whose every layer is dense
+        kwargs["layer_types"] = ["full_attention"] * kwargs["num_hidden_layers"]
+        kwargs["sliding_window"] = kwargs["max_position_embeddings"]
+    return kwargs
 
-_PAPER_MODULES = {"paper-gpt1": (gpt1, "PaperGPT1"), "paper-gpt2": (gpt2, "PaperGPT2"),
-                  "paper-gpt3": (gpt3, "PaperGPT3")}
-_THEIR_TYPE = {"paper-gpt1": "openai-gpt", "paper-gpt2": "gpt2", "paper-gpt3": "gpt2"}
+
+register_route(Route(
+    "gpt2", _gpt2_to_ours, _gpt2_to_theirs,
+    heads={
+        "GPT2Model": "Model",
+        "GPT2LMHeadModel": "LMHeadModel",
+        "GPT2ForSequenceClassification": "ForSequenceClassification",
+        "GPT2ForTokenClassification": "ForTokenClassification",
+    },
+    paper_types={"paper-gpt2": (gpt2, "PaperGPT2"), "paper-gpt3": (gpt3, "PaperGPT3")},
+    adjust_config=_gpt3_all_dense,
+))
+register_route(Route(
+    "openai-gpt", _gpt1_to_ours, _gpt1_to_theirs,
+    heads={
+        "OpenAIGPTModel": "Model",
+        "OpenAIGPTLMHeadModel": "LMHeadModel",
+        "OpenAIGPTDoubleHeadsModel": "DoubleHeadsModel",
+        "OpenAIGPTForSequenceClassification": "ForSequenceClassification",
+    },
+    paper_types={"paper-gpt1": (gpt1, "PaperGPT1")},
+))
 
 
 def _transposed_keys(model: torch.nn.Module) -> set[str]:
@@ -180,42 +201,47 @@ def convert_from_transformers(
     head = route.heads.get(type(theirs).__name__)
     if head is None:
         raise ValueError(f"{type(theirs).__name__} has no counterpart; supported: {sorted(route.heads)}.")
-    model_type = model_type or route.default_paper_type
-    if _THEIR_TYPE.get(model_type) != their_type:
-        raise ValueError(f"A {their_type!r} checkpoint cannot become {model_type!r}.")
-    module, prefix = _PAPER_MODULES[model_type]
-    config_class = getattr(module, f"{prefix}Config")
+    model_type = model_type or next(iter(route.paper_types))
+    if model_type not in route.paper_types:
+        raise ValueError(
+            f"A {their_type!r} checkpoint cannot become {model_type!r}; it can become {list(route.paper_types)}."
+        )
+    module, prefix = route.paper_types[model_type]
     kwargs = route.config_to_ours(theirs.config)
-    if model_type == "paper-gpt3":
-        kwargs["layer_types"] = ["full_attention"] * kwargs["num_hidden_layers"]
-        kwargs["sliding_window"] = kwargs["max_position_embeddings"]
+    if route.adjust_config is not None:
+        kwargs = route.adjust_config(model_type, kwargs)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # transformers only warns on these
         if isinstance(kwargs.get(name), int) and not 0 <= kwargs[name] < kwargs["vocab_size"]:
             kwargs[name] = None
-    config = config_class(**kwargs)
-    ours = getattr(module, f"{prefix}{head}")(config)
+    ours = getattr(module, f"{prefix}{head}")(getattr(module, f"{prefix}Config")(**kwargs))
     transposed = _transposed_keys(theirs)
     state = {k: (v.t().contiguous() if k in transposed else v) for k, v in theirs.state_dict().items()}
+    if route.state_to_ours is not None:
+        state = route.state_to_ours(state)
     _load_exact(ours, state, theirs)
-    return ours.to(theirs.dtype).eval() if not theirs.training else ours.to(theirs.dtype)
+    return ours.to(theirs.dtype).train(theirs.training)
 
 
 def convert_to_transformers(model: PreTrainedModel) -> PreTrainedModel:
     """The zoo's model as transformers' own class of the same architecture, same outputs."""
     model_type = model.config.model_type
-    if model_type not in _THEIR_TYPE:
-        raise ValueError(f"{model_type!r} has no transformers twin; convertible: {sorted(_THEIR_TYPE)}.")
-    route = ROUTES[_THEIR_TYPE[model_type]]
-    _, prefix = _PAPER_MODULES[model_type]
+    route = next((r for r in ROUTES.values() if model_type in r.paper_types), None)
+    if route is None:
+        twins = sorted(t for r in ROUTES.values() for t in r.paper_types)
+        raise ValueError(f"{model_type!r} has no transformers twin; convertible: {twins}.")
+    _, prefix = route.paper_types[model_type]
     head = type(model).__name__.removeprefix(prefix)
     their_name = next((t for t, o in route.heads.items() if o == head), None)
     if their_name is None:
         raise ValueError(f"{type(model).__name__} has no transformers counterpart.")
     theirs = getattr(transformers, their_name)(route.config_to_theirs(model.config))
+    state = model.state_dict()
+    if route.state_to_theirs is not None:
+        state = route.state_to_theirs(state)
     transposed = _transposed_keys(theirs)
-    state = {k: (v.t().contiguous() if k in transposed else v) for k, v in model.state_dict().items()}
+    state = {k: (v.t().contiguous() if k in transposed else v) for k, v in state.items()}
     _load_exact(theirs, state, model)
-    return theirs.to(model.dtype).eval() if not model.training else theirs.to(model.dtype)
+    return theirs.to(model.dtype).train(model.training)
 
 
 def _load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor], source=None) -> None:
