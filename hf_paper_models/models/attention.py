@@ -180,3 +180,89 @@ class FeedForward(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
 
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate Q, K, V, O projections (Vaswani et al. 2017, §3.2.2).
+
+    Serves the encoder and encoder-decoder papers: bidirectional self-attention (BERT, encoders),
+    causal self-attention (decoders, ``is_causal=True``) and cross-attention (``key_value_states``).
+    ``attention_mask`` is an additive float mask (or a boolean keep-mask) broadcastable to
+    (batch, heads, queries, keys); T5 adds its relative position bias into it. ``scaling`` is
+    1/√d_head unless the paper says otherwise (T5 folds it into the initialisation: ``scaling=1.0``).
+    Caches: a ``Cache`` for self-attention, an ``EncoderDecoderCache`` whose cross half is filled once.
+    """
+
+    def __init__(
+        self,
+        config,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int | None = None,
+        *,
+        layer_idx: int | None = None,
+        bias: bool = True,
+        is_causal: bool = False,
+        is_cross_attention: bool = False,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        kv_size: int | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = num_heads
+        self.head_dim = head_dim or hidden_size // num_heads
+        inner = num_heads * self.head_dim
+        kv_size = kv_size or hidden_size
+        self.q_proj = nn.Linear(hidden_size, inner, bias=bias)
+        self.k_proj = nn.Linear(kv_size, inner, bias=bias)
+        self.v_proj = nn.Linear(kv_size, inner, bias=bias)
+        self.out_proj = nn.Linear(inner, hidden_size, bias=bias)
+        self.is_causal = is_causal
+        self.is_cross_attention = is_cross_attention
+        self.attention_dropout = dropout
+        self.scaling = self.head_dim**-0.5 if scaling is None else scaling
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from transformers.cache_utils import EncoderDecoderCache
+
+        batch, length, _ = hidden_states.shape
+        query = self._split(self.q_proj(hidden_states))
+        is_cross = key_value_states is not None
+        cache, is_updated = past_key_values, False
+        if isinstance(past_key_values, EncoderDecoderCache):
+            is_updated = bool(past_key_values.is_updated.get(self.layer_idx))
+            cache = past_key_values.cross_attention_cache if is_cross else past_key_values.self_attention_cache
+        if is_cross and cache is not None and is_updated:  # encoder keys/values computed once
+            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        else:
+            source = key_value_states if is_cross else hidden_states
+            key, value = self._split(self.k_proj(source)), self._split(self.v_proj(source))
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+                if is_cross:
+                    past_key_values.is_updated[self.layer_idx] = True
+        implementation = self.config._attn_implementation
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        causal = self.is_causal and not is_cross
+        if implementation == "eager" and attention_mask is None and not causal:
+            # eager_attention_forward masks causally when given no mask; bidirectional layers pass zeros.
+            attention_mask = query.new_zeros(1, 1, 1, key.shape[-2])
+        out, weights = interface(
+            self, query, key, value, attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling, is_causal=causal, **kwargs,
+        )
+        return self.out_proj(out.reshape(batch, length, -1)), weights
+
