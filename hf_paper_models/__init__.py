@@ -1,57 +1,28 @@
 """hf_paper_models: the papers that built modern language models, as transformers models.
 
-Importing the package registers every config with ``AutoConfig`` and every model class with the
-``Auto*`` classes its paper calls for (ZOO.md §2).
+Importing the package registers every paper's config with ``AutoConfig`` and its model classes with
+the ``Auto*`` classes its file declares in ``AUTO_CLASSES`` (ZOO.md §2).
 """
 
 from __future__ import annotations
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMultipleChoice,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+import transformers
+from transformers import AutoConfig
 
-from .models import gpt1, gpt2, gpt3
+from .models import config_class_of, paper_modules
 
-# model type -> (config class, {Auto class: model class})
-REGISTRY = {
-    gpt1.PaperGPT1Config.model_type: (
-        gpt1.PaperGPT1Config,
-        {
-            AutoModel: gpt1.PaperGPT1Model,
-            AutoModelForCausalLM: gpt1.PaperGPT1LMHeadModel,
-            AutoModelForSequenceClassification: gpt1.PaperGPT1ForSequenceClassification,
-            AutoModelForMultipleChoice: gpt1.PaperGPT1DoubleHeadsModel,
-        },
-    ),
-    gpt2.PaperGPT2Config.model_type: (
-        gpt2.PaperGPT2Config,
-        {
-            AutoModel: gpt2.PaperGPT2Model,
-            AutoModelForCausalLM: gpt2.PaperGPT2LMHeadModel,
-            AutoModelForSequenceClassification: gpt2.PaperGPT2ForSequenceClassification,
-            AutoModelForTokenClassification: gpt2.PaperGPT2ForTokenClassification,
-        },
-    ),
-    gpt3.PaperGPT3Config.model_type: (
-        gpt3.PaperGPT3Config,
-        {
-            AutoModel: gpt3.PaperGPT3Model,
-            AutoModelForCausalLM: gpt3.PaperGPT3LMHeadModel,
-            AutoModelForSequenceClassification: gpt3.PaperGPT3ForSequenceClassification,
-        },
-    ),
-}
+#: model type -> (config class, {Auto class: model class})
+REGISTRY: dict[str, tuple[type, dict[type, type]]] = {}
 
-for _model_type, (_config_class, _models) in REGISTRY.items():
-    AutoConfig.register(_model_type, _config_class, exist_ok=True)
-    for _auto_class, _model_class in _models.items():
+for _module in paper_modules():
+    _config_class = config_class_of(_module)
+    _classes = {getattr(transformers, auto): cls for auto, cls in _module.AUTO_CLASSES.items()}
+    REGISTRY[_config_class.model_type] = (_config_class, _classes)
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    for _auto_class, _model_class in _classes.items():
         _auto_class.register(_config_class, _model_class, exist_ok=True)
 
+from . import conversions  # noqa: E402, F401  (routes for transformers twins beyond the GPTs)
 from .convert import convert_from_transformers, convert_to_transformers  # noqa: E402
 from .presets import PRESETS, preset  # noqa: E402
 

@@ -11,18 +11,10 @@ from types import ModuleType
 
 from transformers import PreTrainedConfig
 
-from .models import gpt1, gpt2, gpt3
+from .models import config_class_of, paper_modules
 
-#: The paper modules whose size tables are collected here; each later paper appends its module.
-PAPER_MODULES: list[ModuleType] = [gpt1, gpt2, gpt3]
-
-
-def config_class_of(module: ModuleType) -> type[PreTrainedConfig]:
-    for name in module.__all__:
-        obj = getattr(module, name)
-        if isinstance(obj, type) and issubclass(obj, PreTrainedConfig):
-            return obj
-    raise LookupError(f"{module.__name__} declares no config class")
+#: The paper modules whose size tables are collected here, oldest paper first.
+PAPER_MODULES: list[ModuleType] = paper_modules()
 
 
 def _collect() -> tuple[dict[str, tuple[type[PreTrainedConfig], dict]], dict[str, float]]:

@@ -163,6 +163,13 @@ def _check_safetensors(filename: str) -> None:
         )
 
 
+def register_for_auto_classes(config_class: type, auto_classes: dict[str, type]) -> None:
+    """Mark a paper's config and models for Hub export (``auto_map`` + source files on save)."""
+    config_class.register_for_auto_class()
+    for auto_name, model_class in auto_classes.items():
+        model_class.register_for_auto_class(auto_name)
+
+
 class PaperPreTrainedModel(PreTrainedModel):
     """``PreTrainedModel`` with the zoo's loading checks (model type, truncated weights)."""
 

@@ -44,6 +44,7 @@ from .common import (
     check_input_ids,
     check_length,
     check_probability,
+    register_for_auto_classes,
 )
 
 
@@ -735,11 +736,14 @@ class GPT1TaskFormatter:
         return out
 
 
-PaperGPT1Config.register_for_auto_class()
-PaperGPT1Model.register_for_auto_class("AutoModel")
-PaperGPT1LMHeadModel.register_for_auto_class("AutoModelForCausalLM")
-PaperGPT1ForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-PaperGPT1DoubleHeadsModel.register_for_auto_class("AutoModelForMultipleChoice")
+# The Auto classes this paper registers with (ZOO.md §2); also marks them for Hub export.
+AUTO_CLASSES = {
+    "AutoModel": PaperGPT1Model,
+    "AutoModelForCausalLM": PaperGPT1LMHeadModel,
+    "AutoModelForSequenceClassification": PaperGPT1ForSequenceClassification,
+    "AutoModelForMultipleChoice": PaperGPT1DoubleHeadsModel,
+}
+register_for_auto_classes(PaperGPT1Config, AUTO_CLASSES)
 
 __all__ = [
     "GPT1TaskFormatter",

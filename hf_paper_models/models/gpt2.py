@@ -34,6 +34,7 @@ from .common import (
     check_input_ids,
     check_length,
     last_token_pool,
+    register_for_auto_classes,
 )
 
 
@@ -367,11 +368,14 @@ class PaperGPT2ForTokenClassification(PaperGPT2PreTrainedModel):
         )
 
 
-PaperGPT2Config.register_for_auto_class()
-PaperGPT2Model.register_for_auto_class("AutoModel")
-PaperGPT2LMHeadModel.register_for_auto_class("AutoModelForCausalLM")
-PaperGPT2ForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-PaperGPT2ForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+# The Auto classes this paper registers with (ZOO.md §2); also marks them for Hub export.
+AUTO_CLASSES = {
+    "AutoModel": PaperGPT2Model,
+    "AutoModelForCausalLM": PaperGPT2LMHeadModel,
+    "AutoModelForSequenceClassification": PaperGPT2ForSequenceClassification,
+    "AutoModelForTokenClassification": PaperGPT2ForTokenClassification,
+}
+register_for_auto_classes(PaperGPT2Config, AUTO_CLASSES)
 
 __all__ = [
     "PaperGPT2Config",

@@ -12,7 +12,7 @@ field. The paper does not state the band width; ``sliding_window`` defaults to 2
 
 from __future__ import annotations
 
-from .common import check_int
+from .common import check_int, register_for_auto_classes
 from .gpt2 import (
     PaperGPT2Config,
     PaperGPT2ForSequenceClassification,
@@ -92,10 +92,13 @@ class PaperGPT3ForSequenceClassification(PaperGPT2ForSequenceClassification):
     config_class = PaperGPT3Config
 
 
-PaperGPT3Config.register_for_auto_class()
-PaperGPT3Model.register_for_auto_class("AutoModel")
-PaperGPT3LMHeadModel.register_for_auto_class("AutoModelForCausalLM")
-PaperGPT3ForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+# The Auto classes this paper registers with (ZOO.md §2); also marks them for Hub export.
+AUTO_CLASSES = {
+    "AutoModel": PaperGPT3Model,
+    "AutoModelForCausalLM": PaperGPT3LMHeadModel,
+    "AutoModelForSequenceClassification": PaperGPT3ForSequenceClassification,
+}
+register_for_auto_classes(PaperGPT3Config, AUTO_CLASSES)
 
 __all__ = [
     "PaperGPT3Config",
