@@ -12,11 +12,13 @@ relies on every surface form having exactly one part of speech (checked when thi
 
 from __future__ import annotations
 
-import bisect
 import functools
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = [
     "DEFAULT_NUM_DOCUMENTS",
@@ -88,8 +90,7 @@ _TOPICS: dict[str, dict[str, str]] = {
     "kitchen": {
         "people": "chef baker butler grandmother",
         "animals": "mouse cat beetle",
-        "things": "loaf cake pot pan spoon knife plate cup bowl onion pie kettle oven recipe "
-        "cherry lemon",
+        "things": "loaf cake pot pan spoon knife plate cup bowl onion pie kettle oven recipe cherry lemon",
         "places": "kitchen pantry cellar bakery",
         "tverbs": "bake cook chop stir wash taste boil fry mix eat",
         "iverbs": "hum smile sit wait",
@@ -107,8 +108,7 @@ _TOPICS: dict[str, dict[str, str]] = {
     "market": {
         "people": "merchant customer trader butcher tailor",
         "animals": "donkey camel parrot",
-        "things": "coin basket orange banana cheese carpet shirt hat scarf tomato melon jar "
-        "spice sack box",
+        "things": "coin basket orange banana cheese carpet shirt hat scarf tomato melon jar spice sack box",
         "places": "market shop stall street village square",
         "tverbs": "buy sell pay weigh wrap offer choose pack want",
         "iverbs": "bargain shout wait complain",
@@ -160,8 +160,7 @@ _GENERAL: dict[str, str] = {
     "places": "house garden room road town hill river kitchen park village",
     "tverbs": "see take make like love help find bring hold keep want need show lose meet "
     "remember forget notice call touch push open drop greet thank warn give",
-    "iverbs": "run walk sleep smile laugh wait sit stand cry jump fall stay return shout disappear "
-    "arrive go",
+    "iverbs": "run walk sleep smile laugh wait sit stand cry jump fall stay return shout disappear arrive go",
     "adjs": "old young big small little happy sad good bad new red white black quiet strange "
     "beautiful tired friendly angry gentle warm funny lucky kind",
 }
@@ -325,7 +324,7 @@ def _build_lexicon() -> dict[str, tuple[Any, ...]]:
     add("an", ("DET", "a", None))
     for w, (pl, _) in PRONOUNS.items():
         add(w, ("PRON", w, "pl" if pl else "sg"))
-    for w, pl, tense in (("is", 0, "present"), ("are", 1, "present"), ("was", 0, "past"), ("were", 1, "past")):
+    for w, tense in (("is", "present"), ("are", "present"), ("was", "past"), ("were", "past")):
         add(w, ("COP", "be", tense))
     for w, tense in (("does", "present"), ("do", "present"), ("did", "past")):
         add(w, ("AUX", "do", tense))
@@ -353,21 +352,24 @@ def vocabulary() -> list[str]:
 
 
 class _Zipf:
-    """Draw from ``items`` with probability proportional to ``1 / rank**s``."""
+    """Draw from ``items`` with probability proportional to ``1 / rank**s``.
 
-    __slots__ = ("items", "cum", "total", "last")
+    Sampling indexes a precomputed table of ``size`` slots (each item keeps at least one), which
+    is several times faster than bisecting cumulative weights.
+    """
 
-    def __init__(self, items: Sequence[str], s: float = 1.0):
-        self.items = tuple(items)
-        acc, cum = 0.0, []
-        for r in range(len(self.items)):
-            acc += 1.0 / (r + 1) ** s
-            cum.append(acc)
-        self.cum, self.total, self.last = cum, acc, len(self.items) - 1
+    __slots__ = ("table", "n")
+
+    def __init__(self, items: Sequence[str], s: float = 1.0, size: int = 4096):
+        weights = [1.0 / (r + 1) ** s for r in range(len(items))]
+        total = sum(weights)
+        table: list[str] = []
+        for item, w in zip(items, weights):
+            table += [item] * max(1, round(w / total * size))
+        self.table, self.n = tuple(table), len(table)
 
     def __call__(self, rng: random.Random) -> str:
-        i = bisect.bisect_right(self.cum, rng.random() * self.total)
-        return self.items[i if i < self.last else self.last]
+        return self.table[int(rng.random() * self.n)]
 
 
 def _zipf_table(source: dict[str, str]) -> dict[str, _Zipf | None]:
@@ -385,6 +387,18 @@ _PLACE_Z = _Zipf(PREP_PLACE)
 _MOTION_Z = _Zipf(PREP_MOTION)
 _NUM_Z = _Zipf(NUMBER_WORDS, s=0.8)
 _NAME_Z = _Zipf(NAMES_FEMALE + NAMES_MALE, s=0.5)
+_OBJ_PRONOUNS = ("it", "them", "him", "her", "us")
+_NP_CLASSES = {  # noun-class mixtures in twentieths
+    "pan": ("people",) * 12 + ("animals",) * 8,
+    "pat": ("people",) * 7 + ("animals",) * 4 + ("things",) * 9,
+    "all": ("people",) * 6 + ("animals",) * 4 + ("things",) * 7 + ("places",) * 3,
+}
+_ADJ_COUNT = (0,) * 55 + (1,) * 30 + (2,) * 12 + (3,) * 3  # adjectives per noun, in percent
+_DETS_SG = ("the",) * 58 + ("a",) * 25 + ("this",) * 7 + ("every",) * 4 + ("each",) * 3 + ("one",) * 3
+_DETS_PL = (
+    ("the",) * 45 + ("",) * 15 + ("some",) * 10 + ("many",) * 7 + ("these",) * 6
+    + ("the+number",) * 5 + ("number",) * 8 + ("digits",) * 4
+)  # fmt: skip
 _FORMS = {
     lemma: (lemma, _third_singular(lemma), _past(lemma))
     for lemma in CLASS_LEMMAS["tverbs"] + CLASS_LEMMAS["iverbs"]
@@ -416,31 +430,38 @@ class Grammar:
         self.new_document()
 
     # ---- document context -----------------------------------------------------------------
-    def new_document(self, topic: str | None = None) -> None:
+    def new_document(self, topic: str | None = None, *, focus: bool = True) -> None:
+        """Draw a topic (and maybe a second one), a tense, two focus words per noun class and a
+        cast of names; ``focus=False`` (single sentences) skips the focus words."""
         rng = self.rng
         self.topic = topic or rng.choice(_TOPIC_NAMES)
         self.second = rng.choice(_TOPIC_NAMES) if rng.random() < 0.3 else None
         self.tense = "past" if rng.random() < 0.6 else "present"
         tz = _TOPIC_Z[self.topic]
         self.focus = {
-            cls: [tz[cls](rng) for _ in range(2)] if tz[cls] else []
+            cls: [tz[cls](rng), tz[cls](rng)]  # type: ignore[misc]
             for cls in ("people", "animals", "things", "places")
+            if focus and tz[cls]
         }
         self.cast = [_NAME_Z(rng) for _ in range(rng.randint(1, 3))]
         self.prev_subject: tuple[bool, str | None] | None = None
 
     def _word(self, cls: str) -> str:
+        """A word of class ``cls``: a focus word of the document (25%), a word of its topic (50%,
+        a third of that from the second topic if any), a general word (20%), any topic (5%)."""
         rng = self.rng
         r = rng.random()
-        if r < 0.25 and cls in self.focus and self.focus[cls]:
-            return rng.choice(self.focus[cls])
+        if r < 0.25:
+            focus = self.focus.get(cls)
+            if focus:
+                return focus[int(r * 8)]
         if r < 0.75:
-            topic = self.second if (self.second and rng.random() < 0.3) else self.topic
+            topic = self.second if (self.second and r > 0.6) else self.topic
             z = _TOPIC_Z[topic][cls]
         elif r < 0.95:
             z = _GENERAL_Z[cls]
         else:
-            z = _TOPIC_Z[rng.choice(_TOPIC_NAMES)][cls]
+            z = _TOPIC_Z[_TOPIC_NAMES[int((r - 0.95) * 20 * len(_TOPIC_NAMES))]][cls]
         return (z or _GENERAL_Z[cls])(rng)  # type: ignore[operator]
 
     # ---- noun phrases ---------------------------------------------------------------------
@@ -452,72 +473,41 @@ class Grammar:
         ``kinds``: "pan" people/animals, "pat" people/animals/things, "all", or one class name.
         """
         rng = self.rng
-        r = rng.random()
+        rand = rng.random
+        r = rand()
         if pronoun and r < 0.04:
-            w = rng.choice(("it", "them", "him", "her", "us"))
+            w = _OBJ_PRONOUNS[int(r * 125)]
             out.append(w)
             return PRONOUNS[w][0], None, "pronoun"
         if names and r < 0.2:
-            name = rng.choice(self.cast) if rng.random() < 0.8 else _NAME_Z(rng)
+            name = self.cast[int(r * 5 * len(self.cast))] if rand() < 0.8 else _NAME_Z(rng)
             out.append(name)
             return False, ("f" if name in NAMES_FEMALE else "m"), "name"
-        r = rng.random()
-        if kinds == "pan":  # people / animals
-            cls = "people" if r < 0.6 else "animals"
-        elif kinds == "pat":
-            cls = "people" if r < 0.35 else ("animals" if r < 0.55 else "things")
-        elif kinds == "all":
-            cls = "people" if r < 0.3 else ("animals" if r < 0.5 else ("things" if r < 0.85 else "places"))
-        else:
-            cls = kinds
+        table = _NP_CLASSES.get(kinds)
+        cls = table[int(rand() * 20)] if table else kinds
         lemma = self._word(cls)
-        plural = rng.random() < (0.12 if cls == "places" else 0.35)
-        noun = _PLURALS[lemma] if plural else lemma
-        r = rng.random()
-        adjs = 0 if r < 0.55 else (1 if r < 0.85 else (2 if r < 0.97 else 3))
-        words: list[str] = []
-        for _ in range(adjs):
+        plural = rand() < (0.12 if cls == "places" else 0.35)
+        words = [_PLURALS[lemma] if plural else lemma]
+        for _ in range(_ADJ_COUNT[int(rand() * 100)]):
             a = self._word("adjs")
             if a not in words:
-                words.append(a)
-        words.append(noun)
-        r = rng.random()
-        if plural:
-            if r < 0.45:
-                det = ["the"]
-            elif r < 0.6:
-                det = []
-            elif r < 0.7:
-                det = ["some"]
-            elif r < 0.77:
-                det = ["many"]
-            elif r < 0.83:
-                det = ["these"]
-            elif r < 0.88:
-                det = ["the", _NUM_Z(rng)]
-            elif r < 0.96:
-                det = [_NUM_Z(rng)]
-            else:
-                det = [str(rng.randint(13, 99))]
-        else:
-            if r < 0.58:
-                det = ["the"]
-            elif r < 0.83:
-                det = ["an" if words[0][0] in "aeiou" else "a"]
-            elif r < 0.9:
-                det = ["this"]
-            elif r < 0.94:
-                det = ["every"]
-            elif r < 0.97:
-                det = ["each"]
-            else:
-                det = ["one"]
-        out += det
+                words.insert(0, a)
+        det = (_DETS_PL if plural else _DETS_SG)[int(rand() * 100)]
+        if det == "a":
+            out.append("an" if words[0][0] in "aeiou" else "a")
+        elif det == "the+number":
+            out += ("the", _NUM_Z(rng))
+        elif det == "number":
+            out.append(_NUM_Z(rng))
+        elif det == "digits":
+            out.append(str(13 + int(rand() * 87)))
+        elif det:
+            out.append(det)
         out += words
-        self._np_tail(out, lemma, cls, depth, plural=plural)
+        self._np_tail(out, cls, depth, plural=plural)
         return plural, _GENDERED.get(lemma), cls
 
-    def _np_tail(self, out: list[str], head: str, cls: str, depth: int, *, plural: bool) -> None:
+    def _np_tail(self, out: list[str], cls: str, depth: int, *, plural: bool) -> None:
         """Optional prepositional phrase and relative clause after a noun."""
         rng = self.rng
         if depth >= self.max_depth:
@@ -559,13 +549,12 @@ class Grammar:
         self.np(out, "places", depth + 1)
 
     # ---- verbs and clauses ----------------------------------------------------------------
-    def verb_group(self, out: list[str], lemma: str, plural: bool, *, negate: bool | None = None) -> None:
-        """Adverb / negation and the verb, agreeing with the subject in number and tense."""
+    def verb_group(self, out: list[str], lemma: str, plural: bool) -> None:
+        """An adverb or a negation, and the verb, agreeing with the subject in number and tense
+        (the document's tense 92% of the time)."""
         rng = self.rng
         past = self.tense == "past" if rng.random() < 0.92 else self.tense != "past"
-        if negate is None:
-            negate = rng.random() < 0.06
-        if negate:
+        if rng.random() < 0.06:
             out += ["did" if past else ("do" if plural else "does"), "not", lemma]
             return
         if rng.random() < 0.1:
@@ -604,12 +593,12 @@ class Grammar:
     def clause(self, out: list[str], *, main: bool = False) -> None:
         rng = self.rng
         r = rng.random()
-        if r < 0.05:  # existential
-            start = len(out) + 2
-            out += ["there", "?"]
+        if r < 0.05:  # existential: "there were three boats in the bay"
+            verb_at = len(out) + 1
+            out += ["there", ""]
             plural, _, _ = self.np(out, "pat", 1)
             past = self.tense == "past"
-            out[start - 1] = ("were" if plural else "was") if past else ("are" if plural else "is")
+            out[verb_at] = ("were" if plural else "was") if past else ("are" if plural else "is")
             if rng.random() < 0.7:
                 out.append(_PLACE_Z(rng))
                 self.np(out, "places", 1)
@@ -626,7 +615,9 @@ class Grammar:
             else:
                 plural, gender, kind = self.np(out, "all" if r < 0.25 else "pan", names=True)
         if main and kind != "pronoun":
-            self.prev_subject = (plural, gender) if (plural or gender or kind in ("animals", "things")) else None
+            self.prev_subject = (
+                (plural, gender) if (plural or gender or kind in ("animals", "things")) else None
+            )
         if r < 0.25:  # copula: "the bread is fresh" / "the dog is in the garden"
             self.copula(out, plural)
             if rng.random() < 0.75:
@@ -696,10 +687,9 @@ def _document(g: Grammar) -> str:
     return "\n\n".join(paragraphs)
 
 
-def _split_seed(seed: int, split: str, stream: int = 0) -> int:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return (seed * 1_000_003 + (SPLITS.index(split) + 1) * 7_919 + stream * 104_729) & 0xFFFFFFFF
+def _split_seed(seed: int, split: str) -> int:
+    """A different random stream for each (seed, split)."""
+    return (seed * 1_000_003 + (SPLITS.index(split) + 1) * 7_919) & 0xFFFFFFFF
 
 
 @functools.lru_cache(maxsize=16)
@@ -737,7 +727,7 @@ def corpus_size_bytes(split: str = "train", num_documents: int | None = None, *,
     return sum(len(d.encode("utf-8")) for d in docs) + max(len(docs) - 1, 0)
 
 
-def lm_dataset(split: str = "train", **kw: Any) -> Any:
+def lm_dataset(split: str = "train", **kw: Any) -> datasets.Dataset:
     """The corpus as a ``datasets.Dataset`` with one ``text`` column (one row per document)."""
     import datasets
 

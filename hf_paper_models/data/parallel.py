@@ -24,9 +24,12 @@ import functools
 import random
 import re
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .corpus import LEXICON, MARKERS, SPLITS, TRANSITIVE, Grammar, _Zipf
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = [
     "DEFAULT_NUM_PAIRS",
@@ -61,7 +64,9 @@ def _build_target_lexicon() -> tuple[dict[str, str], dict[tuple[str, str], str]]
     def fresh(syllables: int, suffixes: tuple[str, ...] = ("",), end_consonant: bool = False) -> str:
         while True:
             w = "".join(
-                rng.choice(_ONSETS) + rng.choice(_VOWELS) + (rng.choice(_CODAS) if rng.random() < 0.25 else "")
+                rng.choice(_ONSETS)
+                + rng.choice(_VOWELS)
+                + (rng.choice(_CODAS) if rng.random() < 0.25 else "")
                 for _ in range(syllables)
             )
             if end_consonant and w[-1] in "aeiou":
@@ -82,7 +87,9 @@ def _build_target_lexicon() -> tuple[dict[str, str], dict[tuple[str, str], str]]
             if tag == "N":
                 lemma_stem[key] = fresh(rng.choice((2, 2, 3)), ("", _PLURAL))
             elif tag in ("V", "COP"):
-                stem = fresh(1 if tag == "COP" else rng.choice((1, 2, 2)), (_PRESENT, _PAST), end_consonant=True)
+                stem = fresh(
+                    1 if tag == "COP" else rng.choice((1, 2, 2)), (_PRESENT, _PAST), end_consonant=True
+                )
                 lemma_stem[key] = stem
                 verbs[(lemma, "present")] = stem + _PRESENT
                 verbs[(lemma, "past")] = stem + _PAST
@@ -118,19 +125,25 @@ def target_lexicon() -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
+_DIGIT_ENTRY = ("NUM", None, "pl")
+
+
 class _Translator:
+    """Parses one tokenised sentence; each method consumes a constituent and returns its
+    translation, already in target order."""
+
+    __slots__ = ("toks", "tags", "info", "i")
+
     def __init__(self, tokens: list[str]):
         self.toks = tokens
-        self.tags = [("NUM", t, "pl") if t.isdigit() else LEXICON[t] for t in tokens]
-        self.tags.append(("END", None, None))
+        self.info = [_DIGIT_ENTRY if t.isdigit() else LEXICON[t] for t in tokens]
+        self.tags = [e[0] for e in self.info] + ["END"]
         self.i = 0
-
-    def tag(self) -> str:
-        return self.tags[self.i][0]
 
     def fail(self, wanted: str) -> ValueError:
         got = self.toks[self.i] if self.i < len(self.toks) else "<end>"
-        return ValueError(f"cannot parse at token {self.i} ({got!r}): expected {wanted}; sentence: {' '.join(self.toks)!r}")
+        sent = " ".join(self.toks)
+        return ValueError(f"cannot parse token {self.i} ({got!r}), expected {wanted}: {sent!r}")
 
     def word(self) -> str:
         tok = self.toks[self.i]
@@ -138,112 +151,110 @@ class _Translator:
         return _TARGET.get(tok, tok)  # names and digits are copied
 
     def expect(self, tag: str) -> str:
-        if self.tag() != tag:
+        if self.tags[self.i] != tag:
             raise self.fail(tag)
         return self.word()
-
-    # noun phrase: Det Num Noun Adj* (mirror order), then its PP and relative clause
-    def np(self) -> list[str]:
-        tag = self.tag()
-        if tag in ("NAME", "PRON"):
-            out = [self.word()]
-        else:
-            out = []
-            if tag == "DET":
-                out.append(self.word())
-            if self.tag() == "NUM":
-                out.append(self.word())
-            adjs = []
-            while self.tag() == "ADJ":
-                adjs.append(self.word())
-            out.append(self.expect("N"))
-            out += adjs[::-1]
-        if self.tag() == "P":
-            out += self.pp()
-        tag = self.tag()
-        if tag == "REL_S":
-            out.append(self.word())
-            out += self.vp()
-        elif tag == "REL_O":
-            out.append(self.word())
-            out += self.np()
-            out += self.vp(gap=True)
-        return out
-
-    def pp(self) -> list[str]:
-        prep = self.expect("P")
-        return self.np() + [prep]
-
-    def pps(self) -> list[str]:
-        out: list[str] = []
-        while self.tag() == "P":
-            out += self.pp()
-        return out
-
-    def vp(self, gap: bool = False) -> list[str]:
-        """Verb phrase after its subject; ``gap``: object relative, the object is missing."""
-        adv = [self.word()] if self.tag() == "ADV" else []
-        tag = self.tag()
-        if tag == "COP" and not gap:
-            cop = self.word()
-            neg = [self.word()] if self.tag() == "NOT" else []
-            adv += [self.word()] if self.tag() == "ADV" else []
-            if self.tag() == "ADJ":
-                pred = [self.word()]
-            elif self.tag() == "P":
-                pred = self.pp()
-            else:
-                raise self.fail("an adjective or a prepositional phrase after the copula")
-            return pred + adv + neg + [cop]
-        neg = []
-        if tag == "AUX":
-            tense = self.tags[self.i][2]
-            self.i += 1
-            neg = [self.expect("NOT")]
-            if self.tag() != "V" or self.tags[self.i][2] != "base":
-                raise self.fail("a bare verb after the auxiliary")
-            lemma = self.tags[self.i][1]
-            self.i += 1
-            verb = _VERB_TENSE[(lemma, tense)]
-        elif tag == "V":
-            lemma = self.tags[self.i][1]
-            verb = self.word()
-        else:
-            raise self.fail("a verb")
-        obj: list[str] = []
-        if lemma in TRANSITIVE and not gap:
-            obj = self.np()
-        return obj + self.pps() + adv + neg + [verb]
-
-    def clause(self) -> list[str]:
-        if self.tag() == "THERE":
-            there = self.word()
-            cop = self.expect("COP")
-            neg = [self.word()] if self.tag() == "NOT" else []
-            return self.np() + self.pps() + neg + [there, cop]
-        subj = self.np()
-        return subj + self.vp()
-
-    def part(self) -> list[str]:
-        if self.tag() == "SUB":
-            sub = self.word()
-            first = self.clause()
-            self.punct(",")
-            return first + [sub, ","] + self.clause()
-        main = self.clause()
-        if self.tag() == "SUB":
-            sub = self.word()
-            return self.clause() + [sub, ","] + main
-        return main
 
     def punct(self, mark: str) -> str:
         if self.toks[self.i : self.i + 1] != [mark]:
             raise self.fail(repr(mark))
         return self.word()
 
+    def np(self) -> list[str]:
+        """Det Num Noun Adj* (adjectives mirrored), then its PP, then its relative clause."""
+        tags = self.tags
+        if tags[self.i] in ("NAME", "PRON"):
+            out = [self.word()]
+        else:
+            out = [self.word()] if tags[self.i] == "DET" else []
+            if tags[self.i] == "NUM":
+                out.append(self.word())
+            adjs = []
+            while tags[self.i] == "ADJ":
+                adjs.append(self.word())
+            out.append(self.expect("N"))
+            out += adjs[::-1]
+        if tags[self.i] == "P":
+            out += self.pp()
+        if tags[self.i] == "REL_S":  # "who sells the fish" -> "who the fish sells"
+            out.append(self.word())
+            out += self.vp()
+        elif tags[self.i] == "REL_O":  # "that the farmer feeds" -> "that the farmer feeds"
+            out.append(self.word())
+            out += self.np()
+            out += self.vp(gap=True)
+        return out
+
+    def pp(self) -> list[str]:
+        """Preposition -> postposition."""
+        prep = self.expect("P")
+        return self.np() + [prep]
+
+    def pps(self) -> list[str]:
+        out: list[str] = []
+        while self.tags[self.i] == "P":
+            out += self.pp()
+        return out
+
+    def vp(self, gap: bool = False) -> list[str]:
+        """Verb phrase after its subject, verb last; ``gap``: object relative, no object."""
+        tags = self.tags
+        adv = [self.word()] if tags[self.i] == "ADV" else []
+        if tags[self.i] == "COP" and not gap:
+            cop = self.word()
+            neg = [self.word()] if tags[self.i] == "NOT" else []
+            if tags[self.i] == "ADV":
+                adv.append(self.word())
+            if tags[self.i] == "ADJ":
+                pred = [self.word()]
+            elif tags[self.i] == "P":
+                pred = self.pp()
+            else:
+                raise self.fail("an adjective or a prepositional phrase after the copula")
+            return pred + adv + neg + [cop]
+        neg = []
+        if tags[self.i] == "AUX":  # "did not eat": the tense moves to the verb
+            tense = self.info[self.i][2]
+            self.i += 1
+            neg.append(self.expect("NOT"))
+            if tags[self.i] != "V" or self.info[self.i][2] != "base":
+                raise self.fail("a bare verb after the auxiliary")
+            lemma = self.info[self.i][1]
+            self.i += 1
+            verb = _VERB_TENSE[(lemma, tense)]
+        elif tags[self.i] == "V":
+            lemma = self.info[self.i][1]
+            verb = self.word()
+        else:
+            raise self.fail("a verb")
+        obj = self.np() if (lemma in TRANSITIVE and not gap) else []
+        return obj + self.pps() + adv + neg + [verb]
+
+    def clause(self) -> list[str]:
+        if self.tags[self.i] == "THERE":  # "there are boats in the bay" -> "boats the bay in there are"
+            there = self.word()
+            cop = self.expect("COP")
+            neg = [self.word()] if self.tags[self.i] == "NOT" else []
+            return self.np() + self.pps() + neg + [there, cop]
+        subj = self.np()
+        return subj + self.vp()
+
+    def part(self) -> list[str]:
+        """A clause with an optional subordinate clause, which goes first, conjunction last."""
+        if self.tags[self.i] == "SUB":
+            sub = self.word()
+            first = self.clause()
+            self.punct(",")
+            return first + [sub, ","] + self.clause()
+        main = self.clause()
+        if self.tags[self.i] == "SUB":
+            sub = self.word()
+            return self.clause() + [sub, ","] + main
+        return main
+
     def sentence(self) -> list[str]:
         out: list[str] = []
-        if self.tag() == "MARK":
+        if self.tags[self.i] == "MARK":
             out += [self.word(), self.punct(",")]
         out += self.part()
         while self.toks[self.i : self.i + 1] == [","]:
@@ -253,6 +264,7 @@ class _Translator:
         if self.i != len(self.toks):
             raise self.fail("the end of the sentence")
         return out
+
 
 _TOKEN_RE = re.compile(r"[^\W_]+|[,.]")
 
@@ -301,7 +313,7 @@ def _source_sentence(g: Grammar, rng: random.Random) -> list[str]:
     g.p_rel = 0.2 if long else 0.05
     g.p_np_pp = 0.2 if long else 0.08
     while True:
-        g.new_document()
+        g.new_document(focus=False)
         out: list[str] = []
         if rng.random() < 0.08:
             out += [_MARK(rng), ","]
@@ -340,7 +352,9 @@ def _pairs(split: str, seed: int, n: int) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def parallel_corpus(split: str = "train", num_pairs: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
+def parallel_corpus(
+    split: str = "train", num_pairs: int | None = None, seed: int = 0
+) -> list[tuple[str, str]]:
     """``(source, target)`` pairs; a smaller ``num_pairs`` gives a prefix of the larger corpus."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -350,7 +364,7 @@ def parallel_corpus(split: str = "train", num_pairs: int | None = None, seed: in
     return list(_pairs(split, seed, n))
 
 
-def parallel_dataset(split: str = "train", **kw: Any) -> Any:
+def parallel_dataset(split: str = "train", **kw: Any) -> datasets.Dataset:
     """``datasets.Dataset`` with columns ``source``, ``target`` and ``translation`` ({"src", "tgt"})."""
     import datasets
 
