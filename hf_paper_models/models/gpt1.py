@@ -29,23 +29,20 @@ import torch
 from torch import nn
 from transformers import GenerationMixin
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache
 from transformers.loss.loss_utils import ForCausalLMLoss, ForSequenceClassificationLoss
-from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from .attention import CausalSelfAttention, FeedForward
 from .common import (
     PaperDecoderConfig,
     PaperPreTrainedModel,
-    check_attention_mask,
-    check_input_ids,
-    check_length,
     check_probability,
     register_for_auto_classes,
 )
+from .decoder import DecoderStack
 
 
 class PaperGPT1Config(PaperDecoderConfig):
@@ -211,7 +208,7 @@ class PaperGPT1PreTrainedModel(PaperPreTrainedModel):
             init.zeros_(module.bias)
 
 
-class PaperGPT1Model(PaperGPT1PreTrainedModel):
+class PaperGPT1Model(DecoderStack, PaperGPT1PreTrainedModel):
     def __init__(self, config: PaperGPT1Config):
         super().__init__(config)
         self.tokens_embed = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -236,77 +233,7 @@ class PaperGPT1Model(PaperGPT1PreTrainedModel):
             position_ids = position_ids.unsqueeze(0)
         return inputs_embeds + self.positions_embed(position_ids), position_ids
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPast:
-        config = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
-        use_cache = config.use_cache if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-
-        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        if len(shape) != 2:
-            raise ValueError(
-                f"Expected inputs of shape (batch, sequence), got {tuple(shape)}. Multiple-choice and "
-                "two-order similarity inputs (batch, k, sequence) go to PaperGPT1DoubleHeadsModel or "
-                "PaperGPT1ForSequenceClassification."
-            )
-        check_input_ids(input_ids, config.vocab_size)
-        check_length(past_length + shape[1], config.max_position_embeddings)
-        check_attention_mask(attention_mask, shape[0], past_length + shape[1])
-
-        hidden_states, position_ids = self.embed(input_ids, inputs_embeds, position_ids, past_length)
-        if token_type_ids is not None:  # as transformers' OpenAIGPTModel: segment ids share the token table
-            check_input_ids(token_type_ids, config.vocab_size, "token_type_ids")
-            hidden_states = hidden_states + self.tokens_embed(token_type_ids)
-        hidden_states = self.drop(hidden_states)
-
-        mask = create_causal_mask(
-            config=config,
-            inputs_embeds=hidden_states,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
-
-        all_hidden, all_attentions = (), ()
-        for block in self.h:
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
-            hidden_states, weights = block(
-                hidden_states, mask, past_key_values, position_ids=position_ids, **kwargs
-            )
-            if output_attentions:
-                all_attentions += (weights,)
-        # Post-LN: the last block ends in a LayerNorm already; the paper has no final one.
-        if output_hidden_states:
-            all_hidden += (hidden_states,)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=all_hidden or None,
-            attentions=all_attentions or None,
-        )
+    # Post-LN: the last block ends in a LayerNorm already; the paper has no final one (final_norm = identity).
 
 
 class PaperGPT1LMHeadModel(PaperGPT1PreTrainedModel, GenerationMixin):

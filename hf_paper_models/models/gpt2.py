@@ -16,11 +16,8 @@ import torch
 from torch import nn
 from transformers import GenerationMixin
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
     CausalLMOutputWithPast,
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
@@ -30,12 +27,10 @@ from .attention import CausalSelfAttention, FeedForward
 from .common import (
     PaperDecoderConfig,
     PaperPreTrainedModel,
-    check_attention_mask,
-    check_input_ids,
-    check_length,
     last_token_pool,
     register_for_auto_classes,
 )
+from .decoder import DecoderStack
 
 
 class PaperGPT2Config(PaperDecoderConfig):
@@ -105,7 +100,7 @@ class PaperGPT2PreTrainedModel(PaperPreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
 
 
-class PaperGPT2Model(PaperGPT2PreTrainedModel):
+class PaperGPT2Model(DecoderStack, PaperGPT2PreTrainedModel):
     def __init__(self, config: PaperGPT2Config):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -131,92 +126,8 @@ class PaperGPT2Model(PaperGPT2PreTrainedModel):
             position_ids = position_ids.unsqueeze(0)
         return inputs_embeds + self.wpe(position_ids), position_ids
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPast:
-        config = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
-        use_cache = config.use_cache if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-
-        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        if len(shape) != 2:
-            raise ValueError(f"Expected inputs of shape (batch, sequence), got {tuple(shape)}.")
-        check_input_ids(input_ids, config.vocab_size)
-        check_length(past_length + shape[1], config.max_position_embeddings)
-        check_attention_mask(attention_mask, shape[0], past_length + shape[1])
-
-        hidden_states, position_ids = self.embed(input_ids, inputs_embeds, position_ids, past_length)
-        if token_type_ids is not None:  # as transformers' GPT-2: segment ids share the token table
-            check_input_ids(token_type_ids, config.vocab_size, "token_type_ids")
-            hidden_states = hidden_states + self.wte(token_type_ids)
-        hidden_states = self.drop(hidden_states)
-
-        masks = self._attention_masks(hidden_states, attention_mask, past_key_values, position_ids, past_length)
-        padding_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-
-        all_hidden, all_attentions = (), ()
-        for block in self.h:
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
-            hidden_states, weights = block(
-                hidden_states,
-                masks[block.attention_type],
-                past_key_values,
-                padding_mask=padding_mask,
-                position_ids=position_ids,
-                **kwargs,
-            )
-            if output_attentions:
-                all_attentions += (weights,)
-        hidden_states = self.ln_f(hidden_states)
-        if output_hidden_states:
-            all_hidden += (hidden_states,)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=all_hidden or None,
-            attentions=all_attentions or None,
-        )
-
-    def _attention_masks(self, hidden_states, attention_mask, past_key_values, position_ids, past_length):
-        mask_kwargs = dict(
-            config=self.config,
-            inputs_embeds=hidden_states,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
-        masks = {"full_attention": create_causal_mask(**mask_kwargs)}
-        window = getattr(self.config, "sliding_window", None)
-        if window is not None:
-            if past_length == 0:
-                # Without a cache the banded layers use the O(n·w) kernel when n > w; for n ≤ w the
-                # band is the whole causal triangle. No n×n band mask is ever built here.
-                masks["sliding_attention"] = masks["full_attention"]
-            else:
-                masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
-        return masks
+    def final_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.ln_f(hidden_states)  # §2.3: "an additional layer normalization was added after the final self-attention block"
 
 
 class PaperGPT2LMHeadModel(PaperGPT2PreTrainedModel, GenerationMixin):
