@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+from .cards import model_card
 
 
 def parameter_count(config) -> int:
@@ -49,16 +49,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def card_text(model_type: str) -> str:
-    path = CARDS_DIR / f"{model_type}.md"
-    if not path.is_file():
-        known = sorted(p.stem for p in CARDS_DIR.glob("*.md")) if CARDS_DIR.is_dir() else []
-        raise ValueError(f"No model card for {model_type!r}; cards exist for: {known}.")
-    return path.read_text(encoding="utf-8")
-
-
 def cmd_card(args: argparse.Namespace) -> int:
-    print(card_text(args.model_type))
+    print(model_card(args.model_type))
     return 0
 
 
@@ -74,7 +66,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         pass  # a checkpoint without a tokenizer converts all the same
     try:
-        (Path(args.destination) / "README.md").write_text(card_text(model.config.model_type), encoding="utf-8")
+        (Path(args.destination) / "README.md").write_text(model_card(model.config.model_type), encoding="utf-8")
     except ValueError:
         pass
     print(f"{type(model).__name__} ({parameter_count(model.config):,} parameters) saved to {args.destination}")

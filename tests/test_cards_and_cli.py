@@ -10,7 +10,8 @@ import transformers
 import yaml
 
 import hf_paper_models
-from hf_paper_models.cli import CARDS_DIR, main
+from hf_paper_models.cards import CARDS_DIR
+from hf_paper_models.cli import main
 
 
 @pytest.mark.parametrize("model_type", list(hf_paper_models.REGISTRY))
