@@ -1,0 +1,96 @@
+"""Smoke test of ``benchmarks/run.py`` at tiny sizes: every row comes out with positive numbers.
+
+Nothing here asserts a speed (ENGINEERING.md: speed is measured in benchmarks/, never as timed
+tests); it checks that the benchmark runs end to end, compares the same weights on both sides and
+writes the JSON that ``make bench`` records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+EXPECTED_ROWS = {
+    "train_tokens_per_s",
+    "train_mfu",
+    "decode_b1_tokens_per_s",
+    "decode_b2_tokens_per_s",
+    "attention_op_tokens_per_s",
+    "attention_scores_mib",
+    "gpt3_forward_tokens_per_s",
+    "gpt2_forward_tokens_per_s",
+}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmarks_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def tiny_sizes(bench):
+    return dataclasses.replace(
+        bench.QUICK,
+        layers=1,
+        hidden=32,
+        heads=2,
+        vocab=128,
+        batch=2,
+        seq=16,
+        train_warmup=0,
+        train_repeats=1,
+        prompt=4,
+        new_tokens=4,
+        decode_batches=(1, 2),
+        decode_repeats=1,
+        matmul_size=64,
+        matmul_count=1,
+        attention_tokens=256,
+        window=32,
+        attention_repeats=1,
+        model_layers=2,
+        model_tokens=128,
+        model_repeats=1,
+        measure_memory=False,  # a child process importing transformers: covered by the test below
+    )
+
+
+def test_quick_run_writes_every_row_with_positive_numbers(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "QUICK", tiny_sizes(bench))
+    out = tmp_path / "results.json"
+    bench.main(["--quick", "--out", str(out)])
+
+    results = json.loads(out.read_text())
+    rows = {r["key"]: r for r in results["rows"]}
+    assert set(rows) == EXPECTED_ROWS
+    for key, r in rows.items():
+        for field in ("ours", "theirs", "ratio"):
+            assert math.isfinite(r[field]) and r[field] > 0, (key, field, r[field])
+        assert r["ratio"] == pytest.approx(r["ours"] / r["theirs"])
+    assert 0 < rows["train_mfu"]["ours"] < 5 and 0 < rows["train_mfu"]["theirs"] < 5
+    assert results["matmul_flops_per_second"] > 0
+    # Same weights on both sides: identical first loss and identical greedy tokens.
+    assert results["checks"]["train_initial_loss_abs_diff"] < 1e-4
+    assert results["checks"]["decode_b1_same_tokens"] and results["checks"]["decode_b2_same_tokens"]
+    assert results["run"] == "quick" and results["machine"]["torch"]
+
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == len(EXPECTED_ROWS) + 1  # header + one line per row
+
+
+def test_peak_rss_delta_sees_a_known_allocation(bench):
+    """The memory instrument itself: a 64 MiB tensor allocated after the reset shows up as ~64 MiB."""
+    script = "import torch\nreset_peak()\nx = torch.ones(64 * 2**20 // 4)\n"
+    mib = bench.peak_rss_delta_bytes(script) / 2**20
+    assert 60 < mib < 80, mib
