@@ -57,7 +57,6 @@ NAME = "gpt3_few_shot"
 EOT = "<|endoftext|>"
 SEPARATORS = ("=", "")  # "cow = red" or "cow red"
 DELIMITER = "\n"  # between demonstrations, as GPT-3 (§2.4: "delimited by 1 or 2 newlines")
-LABELS = ("red", "green", "blue", "gold")
 
 
 @dataclass
@@ -65,7 +64,8 @@ class Settings:
     seed: int = 0
     # task
     num_words: int = 200  # nouns of the embedded corpus that the mappings are over
-    num_labels: int = 4  # label words; chance is 1 / num_labels
+    num_labels: int = 16  # label words (adjectives of the corpus) that training maps onto
+    num_options: int = 4  # candidate labels of each held-out task; chance is 1 / num_options
     train_items: tuple[int, int] = (2, 8)  # distinct words per training sequence (inclusive range)
     train_pairs: int = 24  # "x = f(x)" lines per training sequence
     separator: str = "="  # between x and f(x): "=" or "" (none)
@@ -106,14 +106,15 @@ SMOKE = dict(
 # ----------------------------------------------------------------------------------------------
 
 
-def task_words(num_words: int) -> list[str]:
-    """The first ``num_words`` distinct nouns of the embedded corpus's lexicon (a fixed order)."""
+def task_words(num_words: int, num_labels: int) -> tuple[list[str], list[str]]:
+    """The first ``num_words`` nouns and ``num_labels`` adjectives of the corpus's lexicon (fixed order)."""
     nouns: list[str] = []
     for cls in ("animals", "things", "places", "people"):
-        nouns += [w for w in CLASS_LEMMAS[cls] if w not in nouns and w not in LABELS]
-    if num_words > len(nouns):
-        raise ValueError(f"num_words={num_words}, but the corpus has only {len(nouns)} nouns.")
-    return nouns[:num_words]
+        nouns += [w for w in CLASS_LEMMAS[cls] if w not in nouns]
+    adjectives = [a for a in CLASS_LEMMAS["adjs"] if a not in nouns]
+    if num_words > len(nouns) or num_labels > len(adjectives):
+        raise ValueError(f"The corpus has {len(nouns)} nouns and {len(adjectives)} adjectives.")
+    return nouns[:num_words], adjectives[:num_labels]
 
 
 def build_tokenizer(words: Sequence[str], labels: Sequence[str]) -> PreTrainedTokenizerFast:
@@ -169,8 +170,8 @@ def held_out_tasks(words, labels, s: Settings) -> list[tuple[list[MultipleChoice
     tasks = []
     for _ in range(s.eval_tasks):
         items = rng.sample(list(words), s.eval_items)
-        mapping = {w: rng.randrange(len(labels)) for w in items}
-        options = tuple(f" {label}" for label in labels)
+        options = tuple(f" {label}" for label in rng.sample(list(labels), s.num_options))
+        mapping = {w: rng.randrange(s.num_options) for w in items}
         examples = [MultipleChoiceExample(line(w, "", s.separator)[0], options, mapping[w]) for w in items]
         pool = [e for e in examples for _ in range(s.eval_copies)]
         rng.shuffle(pool)
@@ -184,7 +185,7 @@ def ideal_accuracy(k: int, s: Settings) -> float:
     pool = s.eval_items * s.eval_copies
     others = pool - s.eval_copies
     p_absent = math.comb(others, k) / math.comb(pool, k)
-    return (1 - p_absent) + p_absent / s.num_labels
+    return (1 - p_absent) + p_absent / s.num_options
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,7 +280,7 @@ def plot(result: dict, path: Path) -> None:
     curve = result["training_curve"]
     ax2.plot([c["step"] for c in curve], [c["label_loss"] for c in curve], label="loss on label tokens")
     ax2.plot([c["step"] for c in curve], [c["loss"] for c in curve], label="LM loss (all tokens)", alpha=0.7)
-    ax2.axhline(math.log(result["settings"]["num_labels"]), color="red", ls=":", label="ln L (chance)")
+    ax2.axhline(math.log(result["settings"]["num_labels"]), color="red", ls=":", label="ln(label words)")
     ax2.set_xlabel("training step")
     ax2.set_ylabel("cross-entropy (nats)")
     ax2.set_title("Training")
@@ -299,13 +300,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         s = replace(s, steps=args.steps)
     if args.seed is not None:
         s = replace(s, seed=args.seed)
-    s.num_labels = min(s.num_labels, len(LABELS))
     out = output_dir(args.output_dir)
     seed_everything(s.seed)
 
     with Timer() as total:
-        words = task_words(s.num_words)
-        labels = LABELS[: s.num_labels]
+        words, labels = task_words(s.num_words, s.num_labels)
         tokenizer = build_tokenizer(words, labels)
         model = build_model(tokenizer, s)
         with Timer() as train_time:
@@ -321,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "name": NAME,
         "claim": "k-shot in-context accuracy is well above zero-shot (k=8 >= zero-shot + 30 points)",
         "smoke": args.smoke,
-        "chance": 1 / s.num_labels,
+        "chance": 1 / s.num_options,
         "accuracy_per_k": per_k,
         "zero_shot_accuracy": zero,
         "claim_k": k_claim,

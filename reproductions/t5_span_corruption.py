@@ -1,16 +1,17 @@
 """T5's span corruption learns, and the pre-trained model then solves text-to-text tasks (Raffel et al.
 2020, §3.1.4 and §2.4), at laptop scale.
 
-1. Pre-train a small T5 (the paper's architecture: 2 + 2 layers, 128 wide) with span corruption on the
+1. Pre-train a small T5 (the paper's architecture: 2 + 2 layers, 64 wide) with span corruption on the
    embedded corpus through the recipe ``training/pretrain_t5.py`` (``training/configs/t5_tiny.yaml``):
    the held-out span loss falls below what the targets' own unigram statistics give (a model that
    ignores the corrupted input), and the teacher-forced accuracy on the dropped tokens is reported
    beside the best constant guess.
-2. Fine-tune it in the text-to-text format (``training/finetune_t5.py``) on two embedded tasks, and the
-   same architecture from random weights for the same steps on each, scoring generated text:
-   - "cola sentence: <sentence>" -> "acceptable" / "not acceptable" (CoLA-style word-order acceptability,
-     accuracy; chance 50%);
-   - "translate English to Target: <sentence>" -> the rule-based translation (BLEU and exact match).
+2. Fine-tune it in the text-to-text format (``training/finetune_t5.py``) on an embedded CoLA-style task,
+   "cola sentence: <sentence>" -> "acceptable" / "not acceptable" (is the word order English or
+   shuffled? chance 50%), scoring the generated answers; and the same architecture from random weights
+   for the same steps, which says what the pre-training bought. (The recipe's other embedded task,
+   translation of the parallel corpus, does not get off the ground within this budget; the model card
+   gives the numbers we measured.)
 
     python reproductions/t5_span_corruption.py             # about 5 minutes of CPU on two cores
     python reproductions/t5_span_corruption.py --smoke     # seconds: keeps the script running in the tests
@@ -44,11 +45,20 @@ CONFIG = ROOT / "training" / "configs" / "t5_tiny.yaml"
 FINETUNE_CONFIG = ROOT / "training" / "configs" / "t5_finetune_tiny.yaml"
 
 # The model both runs share (t5_tiny.yaml's sizes), so that the scratch baseline is the same network.
-SIZES = ["--hidden_size", "128", "--num_hidden_layers", "2", "--num_attention_heads", "4",
-         "--intermediate_size", "512"]  # fmt: skip
-PRETRAIN_ARGS = ["--max_steps", "300", "--eval_steps", "50", "--logging_steps", "10", "--max_documents", "2000"]
-FINETUNE_STEPS = {"cola": 150, "translation": 250}
-FINETUNE_ARGS = {"cola": ["--max_train_examples", "4800"], "translation": []}  # cola: one pass of 150 x 32
+SIZES = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
+         "--intermediate_size", "256"]  # fmt: skip
+PRETRAIN_ARGS = [
+    "--max_steps",
+    "400",
+    "--eval_steps",
+    "50",
+    "--logging_steps",
+    "10",
+    "--max_documents",
+    "2000",
+]
+FINETUNE_STEPS = {"cola": 300}
+FINETUNE_ARGS = {"cola": ["--max_train_examples", "9600", "--learning_rate", "5e-3"]}  # one pass of 300 x 32
 SMOKE = ["--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--intermediate_size", "64",
          "--vocab_size", "512", "--max_documents", "40", "--max_steps", "6", "--warmup_steps", "2",
          "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--logging_steps", "2",
@@ -72,7 +82,9 @@ def load_script(path: Path):
     return sys.modules[name]
 
 
-def no_context_baselines(tokenizer_path: Path, inputs_length: int, seed: int, max_documents: int) -> dict[str, float]:
+def no_context_baselines(
+    tokenizer_path: Path, inputs_length: int, seed: int, max_documents: int
+) -> dict[str, float]:
     """What a model that ignores the inputs achieves on the held-out span targets: the cross-entropy
     of the targets' unigram distribution (estimated on the training blocks, add-one smoothed) and the
     accuracy of always guessing the most frequent dropped token. Same collator as the recipe."""
@@ -88,7 +100,11 @@ def no_context_baselines(tokenizer_path: Path, inputs_length: int, seed: int, ma
     def targets(split: str, documents: int) -> list[int]:
         ids = [t for doc in lm_corpus(documents, split=split)
                for t in tokenizer(doc, add_special_tokens=False)["input_ids"]]  # fmt: skip
-        return [t for start in range(0, len(ids) - block + 1, block) for t in collator.corrupt(ids[start : start + block])[1]]
+        return [
+            t
+            for start in range(0, len(ids) - block + 1, block)
+            for t in collator.corrupt(ids[start : start + block])[1]
+        ]
 
     train, held_out = Counter(targets("train", max_documents)), targets("validation", min(max_documents, 300))
     total, vocab = sum(train.values()), len(tokenizer)
@@ -104,27 +120,32 @@ def figure(results: dict, path: Path) -> None:
     history = results["pretraining"]["history"]
     train = [h for h in history if "train_loss" in h]
     evals = [h for h in history if "eval_loss" in h]
-    ax_loss.plot([h["step"] for h in train], [h["train_loss"] for h in train], label="train (span corruption)")
+    ax_loss.plot(
+        [h["step"] for h in train], [h["train_loss"] for h in train], label="train (span corruption)"
+    )
     ax_loss.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="held-out")
-    ax_loss.axhline(results["pretraining"]["unigram_cross_entropy"], color="gray", ls="--", lw=1,
-                    label="held-out, unigram of the targets (no context)")
+    ax_loss.axhline(
+        results["pretraining"]["unigram_cross_entropy"],
+        color="gray",
+        ls="--",
+        lw=1,
+        label="held-out, unigram of the targets (no context)",
+    )
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("cross-entropy of the target spans (nats)")
     ax_loss.set_title("T5 pre-training: span corruption")
     ax_loss.legend()
-    names, pre, scratch = [], [], []
-    for task, metric, label in (("cola", "exact_match", "CoLA-style acc. (%)"), ("translation", "bleu", "translation BLEU")):
-        names.append(label)
-        scale = 100.0 if metric == "exact_match" else 1.0
-        pre.append(results["finetuning"][task]["pretrained"][metric] * scale)
-        scratch.append(results["finetuning"][task]["scratch"][metric] * scale)
-    x = torch.arange(len(names)).float()
-    ax_tasks.bar(x - 0.2, pre, 0.4, label="pre-trained with span corruption")
-    ax_tasks.bar(x + 0.2, scratch, 0.4, label="random init, same steps")
-    ax_tasks.axhline(50.0, color="gray", ls=":", lw=1)
-    ax_tasks.set_xticks(x.tolist(), names)
-    ax_tasks.set_title("text-to-text fine-tuning (generated answers)")
-    ax_tasks.legend(fontsize=8)
+    cola = results["finetuning"]["cola"]
+    labels = ["pre-trained with\nspan corruption", "random init,\nsame steps"]
+    accuracy = [100 * cola["pretrained"]["exact_match"], 100 * cola["scratch"]["exact_match"]]
+    ax_tasks.bar(labels, accuracy, color=["tab:blue", "tab:orange"])
+    for i, value in enumerate(accuracy):
+        ax_tasks.text(i, value + 1, f"{value:.1f}%", ha="center")
+    ax_tasks.axhline(50.0, color="gray", ls=":", lw=1, label="chance")
+    ax_tasks.set_ylim(0, 100)
+    ax_tasks.set_ylabel("accuracy of the generated answer (%)")
+    ax_tasks.set_title('fine-tuning: "cola sentence: ..." -> "acceptable"')
+    ax_tasks.legend()
     save_figure(fig, path)
 
 
@@ -169,8 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     evals = [h for h in pretraining["history"] if "eval_loss" in h]
     results = {
-        "claim": "Span corruption (15% noise, mean span 3) lowers the held-out span loss; the pre-trained "
-        "model then solves text-to-text tasks better than the same model trained from scratch for the same steps.",
+        "claim": "Span corruption (15% noise, mean span 3) lowers the held-out span loss below the targets' "
+        "unigram statistics; the pre-trained model is then fine-tuned on a text-to-text task (CoLA-style), "
+        "compared with the same model trained from scratch for the same steps.",
         "smoke": args.smoke,
         "pretraining": {
             "first_eval_loss": evals[0]["eval_loss"] if evals else None,
@@ -183,19 +205,21 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "finetuning": finetuning,
         "timings": timings,
-        "seconds": {"total": sum(t["seconds"] for t in timings.values()),
-                    "cpu_total": sum(t["cpu_seconds"] for t in timings.values())},  # fmt: skip
+        "seconds": {
+            "total": sum(t["seconds"] for t in timings.values()),
+            "cpu_total": sum(t["cpu_seconds"] for t in timings.values()),
+        },  # fmt: skip
         "threads": args.threads,
     }
     (out / "t5_span_corruption.json").write_text(json.dumps(results, indent=2) + "\n")
     figure(results, out / "t5_span_corruption.png")
-    cola, translation = finetuning["cola"], finetuning["translation"]
+    cola = finetuning["cola"]
     print(
         f"span loss {results['pretraining']['first_eval_loss']:.3f} -> {pretraining['eval_loss']:.3f}, "
         f"(unigram baseline {baselines['unigram_cross_entropy']:.3f}), span token accuracy "
         f"{pretraining['span_token_accuracy']:.3f} (constant guess {baselines['constant_guess_accuracy']:.3f}); "
         f"CoLA-style accuracy {cola['pretrained']['exact_match']:.3f} pre-trained vs {cola['scratch']['exact_match']:.3f} "
-        f"scratch; translation BLEU {translation['pretrained']['bleu']:.1f} vs {translation['scratch']['bleu']:.1f}. "
+        "from scratch. "
         f"{results['seconds']['total']:.0f} s ({results['seconds']['cpu_total']:.0f} s CPU). "
         f"Wrote {out / 't5_span_corruption.json'} and {out / 't5_span_corruption.png'}."
     )

@@ -89,8 +89,8 @@ def load_recipe():
 
 def recipe_argv(s: Settings, run_dir: Path, cache: Path) -> list[str]:
     argv = [
-        "--config", str(CONFIG), "--output_dir", str(run_dir), "--resume_from_checkpoint", "no",
-        "--tokenizer_cache_dir", str(cache), "--report_to", "none", "--seed", str(s.seed),
+        "--config", str(CONFIG), "--output_dir", str(run_dir), "--resume_from_checkpoint", "auto",
+        "--tokenizer_cache_dir", str(cache), "--report_to", "tensorboard", "--seed", str(s.seed),
         "--hidden_size", str(s.hidden_size), "--num_hidden_layers", str(s.num_hidden_layers),
         "--num_attention_heads", str(s.num_attention_heads), "--intermediate_size", str(s.intermediate_size),
         "--vocab_size", str(s.vocab_size), "--max_train_pairs", str(s.train_pairs),
@@ -122,11 +122,24 @@ def greedy_bleu(recipe, run_dir: Path, subdir: str, s: Settings) -> dict:
                                 args)  # fmt: skip
 
 
+def learning_curves(run_dir: Path) -> dict[str, list[list[float]]]:
+    """``train_loss`` and ``eval_loss`` by step from the run's TensorBoard logs (every session of a resumed
+    run; a step logged twice keeps its last value)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, dict[int, float]] = {"train_loss": {}, "eval_loss": {}}
+    for events in sorted((run_dir / "runs").rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in curves:
+            if tag in accumulator.Tags()["scalars"]:
+                curves[tag].update({e.step: e.value for e in accumulator.Scalars(tag)})
+    return {tag: [[step, value] for step, value in sorted(values.items())] for tag, values in curves.items()}
+
+
 def plot(result: dict, path: Path) -> None:
     fig, (ax_loss, ax_len) = new_figure(ncols=2, width=5.5)
-    history = result["history"]
-    train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    train, evals = result["curves"]["train_loss"], result["curves"]["eval_loss"]
     if train:
         ax_loss.plot(*zip(*train), label="train (label-smoothed, ε=0.1)")
     if evals:
@@ -154,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run left in --output-dir (from its last checkpoint)",
+    )
     args = parser.parse_args(argv)
     s = Settings(**SMOKE) if args.smoke else Settings()
     for name in ("seed", "threads", "max_steps"):
@@ -161,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             s = replace(s, **{name: getattr(args, name)})
     out = output_dir(args.output_dir)
     run_dir, cache = out / "run", out / "tokenizer-cache"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
     seed_everything(s.seed)
     torch.set_num_threads(s.threads)
     recipe = load_recipe()
@@ -189,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "averaged_checkpoints": summary.get("averaged_checkpoints"),
         "eval_loss": summary["eval_loss"],
         "eval_perplexity": summary["eval_perplexity"],
-        "history": summary["history"],
+        "curves": learning_curves(run_dir),
         "seconds": {
             "recipe": recipe_time.seconds,
             "greedy": greedy_time.seconds if greedy else 0.0,

@@ -33,7 +33,7 @@ def test_gpt3_few_shot_smoke(tmp_path):
                 "training_curve", "num_parameters", "layer_types", "seconds", "settings"):  # fmt: skip
         assert key in data, key
     settings = data["settings"]
-    assert data["chance"] == 1 / settings["num_labels"]
+    assert data["chance"] == 1 / settings["num_options"]
     assert [r["k"] for r in data["accuracy_per_k"]] == list(settings["ks"])
     assert data["accuracy_per_k"][0]["k"] == 0
     queries = settings["eval_tasks"] * settings["eval_items"]

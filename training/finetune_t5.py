@@ -56,15 +56,20 @@ TASKS = ("translation", "cola", "custom")
 @dataclass
 class ModelArguments:
     model_path: str | None = field(
-        default=None, metadata={"help": "A pre-trained model folder (e.g. runs/t5_tiny/final); else random init."}
+        default=None,
+        metadata={"help": "A pre-trained model folder (e.g. runs/t5_tiny/final); else random init."},
     )
-    preset: str = field(default="t5-small", metadata={"help": "Preset for a model trained from random weights."})
+    preset: str = field(
+        default="t5-small", metadata={"help": "Preset for a model trained from random weights."}
+    )
     hidden_size: int | None = None
     num_hidden_layers: int | None = None
     num_attention_heads: int | None = None
     intermediate_size: int | None = None
     model_overrides: dict | str | None = field(default=None, metadata={"help": "Other config fields (JSON)."})
-    vocab_size: int = field(default=2048, metadata={"help": "Vocabulary to train when starting from scratch."})
+    vocab_size: int = field(
+        default=2048, metadata={"help": "Vocabulary to train when starting from scratch."}
+    )
     tokenizer_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -72,7 +77,9 @@ class ModelArguments:
             try:
                 self.model_overrides = json.loads(self.model_overrides)
             except json.JSONDecodeError as error:
-                raise ValueError(f"model_overrides must be a JSON object, got {self.model_overrides!r}") from error
+                raise ValueError(
+                    f"model_overrides must be a JSON object, got {self.model_overrides!r}"
+                ) from error
         if self.model_path is None and self.preset not in PRESETS:
             raise ValueError(f"Unknown preset {self.preset!r}. Available presets: {', '.join(PRESETS)}.")
         if self.model_path is not None and not Path(self.model_path).is_dir():
@@ -84,7 +91,9 @@ class DataArguments:
     task: Literal["translation", "cola", "custom"] = field(
         default="translation", metadata={"help": f"One of {TASKS}; 'custom' reads --dataset's columns."}
     )
-    dataset: str = field(default="embedded", metadata={"help": "'embedded', a datasets name, a builder or a file."})
+    dataset: str = field(
+        default="embedded", metadata={"help": "'embedded', a datasets name, a builder or a file."}
+    )
     dataset_config: str | None = None
     data_files: list[str] | None = None
     source_column: str = "source"
@@ -97,7 +106,8 @@ class DataArguments:
         default=12, metadata={"help": "translation: keep pairs whose source has at most this many tokens."}
     )
     max_corpus_pairs: int | None = field(
-        default=None, metadata={"help": "translation: draw from the first N training pairs (default: all 40,000)."}
+        default=None,
+        metadata={"help": "translation: draw from the first N training pairs (default: all 40,000)."},
     )
     max_documents: int | None = field(
         default=None, metadata={"help": "cola: corpus documents to take sentences from (default 2000 / 300)."}
@@ -131,7 +141,11 @@ def embedded_task(task: str, split: str, data_args: DataArguments, seed: int) ->
         from hf_paper_models.data import parallel_corpus
 
         # the validation split of the corpus is held out from training
-        pairs = parallel_corpus("train", data_args.max_corpus_pairs) if split == "train" else parallel_corpus("validation")
+        pairs = (
+            parallel_corpus("train", data_args.max_corpus_pairs)
+            if split == "train"
+            else parallel_corpus("validation")
+        )
         if data_args.max_source_words is not None:
             pairs = [(s, t) for s, t in pairs if len(s.split()) <= data_args.max_source_words]
         return datasets.Dataset.from_dict({"source": [s for s, _ in pairs], "target": [t for _, t in pairs]})
@@ -162,20 +176,30 @@ def build_datasets(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase,
     src, tgt = data_args.source_column, data_args.target_column
 
     def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
-        inputs = tokenizer([prefix + s for s in batch[src]], max_length=data_args.max_source_length, truncation=True)
+        inputs = tokenizer(
+            [prefix + s for s in batch[src]], max_length=data_args.max_source_length, truncation=True
+        )
         labels = tokenizer(batch[tgt], max_length=data_args.max_target_length, truncation=True)["input_ids"]
-        return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "labels": labels}
+        return {
+            "input_ids": inputs["input_ids"],
+            "attention_mask": inputs["attention_mask"],
+            "labels": labels,
+        }
 
     out = {}
     for split, dataset in raw.items():
         for column in (src, tgt):
             if column not in dataset.column_names:
-                raise ValueError(f"The {split} split has no {column!r} column (columns: {dataset.column_names}).")
+                raise ValueError(
+                    f"The {split} split has no {column!r} column (columns: {dataset.column_names})."
+                )
         limit = data_args.max_train_examples if split == "train" else data_args.max_eval_examples
         if limit is not None:
             dataset = dataset.shuffle(seed=seed).select(range(min(limit, len(dataset))))
         texts = {"source": dataset[src], "target": dataset[tgt]}
-        dataset = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc=f"tokenize {split}")
+        dataset = dataset.map(
+            tokenize, batched=True, remove_columns=dataset.column_names, desc=f"tokenize {split}"
+        )
         out[split], out[f"{split}_texts"] = dataset, texts
     if len(out["train"]) == 0:
         raise ValueError("The training split is empty.")
@@ -187,13 +211,17 @@ def load_model_and_tokenizer(model_args: ModelArguments, output_dir: str) -> tup
     (kept in ``output_dir/tokenizer`` for resumed runs)."""
     if model_args.model_path is not None:
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_path)
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_args.model_path, **(model_args.model_overrides or {}))
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            model_args.model_path, **(model_args.model_overrides or {})
+        )
         return model, tokenizer
     saved = Path(output_dir) / "tokenizer"
     if saved.is_dir():
         tokenizer = AutoTokenizer.from_pretrained(saved)
     else:
-        tokenizer = _pretrain_module().train_t5_tokenizer(model_args.vocab_size, cache_dir=model_args.tokenizer_cache_dir)
+        tokenizer = _pretrain_module().train_t5_tokenizer(
+            model_args.vocab_size, cache_dir=model_args.tokenizer_cache_dir
+        )
         tokenizer.save_pretrained(saved)
     sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     overrides = {k: getattr(model_args, k) for k in sizes if getattr(model_args, k) is not None}
@@ -221,7 +249,9 @@ def _pretrain_module():
 
 
 def seq2seq_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    return model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
 
 
 @torch.no_grad()
@@ -246,7 +276,9 @@ def generate_and_score(
     predictions: list[str] = []
     for start in range(0, len(sources), batch_size):
         chunk = [prefix + s for s in sources[start : start + batch_size]]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=512).to(accelerator.device)
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=512).to(
+            accelerator.device
+        )
         out = unwrapped.generate(**enc, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
         predictions += tokenizer.batch_decode(out, skip_special_tokens=True)
     predictions = [p.strip() for p in predictions]
@@ -261,7 +293,9 @@ def generate_and_score(
 
 
 def main(argv: list[str] | None = None) -> Path:
-    loop_args, model_args, data_args = parse_args([TrainingLoopArguments, ModelArguments, DataArguments], argv)
+    loop_args, model_args, data_args = parse_args(
+        [TrainingLoopArguments, ModelArguments, DataArguments], argv
+    )
     accelerator: Accelerator = make_accelerator(loop_args)
     with accelerator.main_process_first():
         model, tokenizer = load_model_and_tokenizer(model_args, loop_args.output_dir)
@@ -276,7 +310,9 @@ def main(argv: list[str] | None = None) -> Path:
         data["train"], batch_size=loop_args.per_device_train_batch_size, shuffle=True, drop_last=True,
         collate_fn=collator, num_workers=loop_args.dataloader_num_workers,
     )  # fmt: skip
-    eval_loader = DataLoader(data["validation"], batch_size=loop_args.per_device_eval_batch_size, collate_fn=collator)
+    eval_loader = DataLoader(
+        data["validation"], batch_size=loop_args.per_device_eval_batch_size, collate_fn=collator
+    )
     result = train_loop(
         accelerator, model, train_loader, seq2seq_loss, loop_args, eval_loader,
         tracker_config=flat_config(loop_args, model_args, data_args),

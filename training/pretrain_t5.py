@@ -65,7 +65,9 @@ TASK_TEXT_REPEATS = 100  # how often the text-to-text task words appear in it
 
 @dataclass
 class ModelArguments:
-    preset: str = field(default="t5-small", metadata={"help": f"An encoder-decoder preset: {', '.join(PRESETS)}."})
+    preset: str = field(
+        default="t5-small", metadata={"help": f"An encoder-decoder preset: {', '.join(PRESETS)}."}
+    )
     hidden_size: int | None = None
     num_hidden_layers: int | None = None
     num_attention_heads: int | None = None
@@ -75,20 +77,28 @@ class ModelArguments:
         default=None,
         metadata={"help": 'Any other config fields, as a mapping (YAML) or JSON ({"dropout_rate": 0.0}).'},
     )
-    vocab_size: int = field(default=4096, metadata={"help": "Unigram vocabulary to train, 100 sentinels included."})
+    vocab_size: int = field(
+        default=4096, metadata={"help": "Unigram vocabulary to train, 100 sentinels included."}
+    )
     tokenizer_corpus: Literal["lm", "lm+parallel"] = field(
         default="lm+parallel",
-        metadata={"help": "Train the vocabulary on the English corpus, or mixed with the parallel corpus's targets."},
+        metadata={
+            "help": "Train the vocabulary on the English corpus, or mixed with the parallel corpus's targets."
+        },
     )
     tokenizer_path: str | None = field(default=None, metadata={"help": "Load a saved tokenizer instead."})
-    tokenizer_cache_dir: str | None = field(default=None, metadata={"help": "Reuse trained tokenizers across runs."})
+    tokenizer_cache_dir: str | None = field(
+        default=None, metadata={"help": "Reuse trained tokenizers across runs."}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.model_overrides, str):
             try:
                 self.model_overrides = json.loads(self.model_overrides)
             except json.JSONDecodeError as error:
-                raise ValueError(f"model_overrides must be a JSON object, got {self.model_overrides!r}") from error
+                raise ValueError(
+                    f"model_overrides must be a JSON object, got {self.model_overrides!r}"
+                ) from error
         if self.model_overrides is not None and not isinstance(self.model_overrides, dict):
             raise ValueError(f"model_overrides must be a mapping, got {self.model_overrides!r}")
         if self.preset not in PRESETS:
@@ -98,7 +108,9 @@ class ModelArguments:
 
     def config_overrides(self) -> dict[str, Any]:
         sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-        values = {k: getattr(self, k) for k in (*sizes, "max_position_embeddings") if getattr(self, k) is not None}
+        values = {
+            k: getattr(self, k) for k in (*sizes, "max_position_embeddings") if getattr(self, k) is not None
+        }
         return {**values, **(self.model_overrides or {})}
 
 
@@ -106,16 +118,22 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(
         default="embedded",
-        metadata={"help": "'embedded' (the built-in corpus), a datasets name, a builder (text/json) or a file."},
+        metadata={
+            "help": "'embedded' (the built-in corpus), a datasets name, a builder (text/json) or a file."
+        },
     )
     dataset_config: str | None = None
     data_files: list[str] | None = field(default=None, metadata={"help": "Files for a builder dataset."})
     text_column: str = "text"
     validation_split_percentage: int = 5
     inputs_length: int = field(default=64, metadata={"help": "Corrupted input tokens per example (T5: 512)."})
-    noise_density: float = field(default=NOISE_DENSITY, metadata={"help": "Share of tokens dropped (§3.1.4)."})
+    noise_density: float = field(
+        default=NOISE_DENSITY, metadata={"help": "Share of tokens dropped (§3.1.4)."}
+    )
     mean_noise_span_length: float = field(default=MEAN_NOISE_SPAN_LENGTH, metadata={"help": "§3.3.4: 3."})
-    max_documents: int | None = field(default=None, metadata={"help": "Use only the first N documents per split."})
+    max_documents: int | None = field(
+        default=None, metadata={"help": "Use only the first N documents per split."}
+    )
 
     def __post_init__(self) -> None:
         if self.inputs_length < 8:
@@ -161,7 +179,9 @@ def train_t5_tokenizer(
     from hf_paper_models.tokenizers import TRAIN_DOCUMENTS, get_tokenizer, train_tokenizer
 
     if corpus == "lm":
-        return get_tokenizer("unigram", vocab_size=vocab_size, cache_dir=cache_dir, model_max_length=model_max_length)
+        return get_tokenizer(
+            "unigram", vocab_size=vocab_size, cache_dir=cache_dir, model_max_length=model_max_length
+        )
     if corpus != "lm+parallel":
         raise ValueError(f"tokenizer_corpus must be 'lm' or 'lm+parallel', got {corpus!r}")
     path = None
@@ -171,7 +191,9 @@ def train_t5_tokenizer(
             return AutoTokenizer.from_pretrained(path, model_max_length=model_max_length)
     from hf_paper_models.data import lm_corpus, parallel_corpus
 
-    texts = lm_corpus(TRAIN_DOCUMENTS) + [t for _, t in parallel_corpus("train", PARALLEL_TARGETS_IN_VOCABULARY)]
+    texts = lm_corpus(TRAIN_DOCUMENTS) + [
+        t for _, t in parallel_corpus("train", PARALLEL_TARGETS_IN_VOCABULARY)
+    ]
     texts += task_words_text() * TASK_TEXT_REPEATS
     tokenizer = train_tokenizer("unigram", texts, vocab_size=vocab_size, model_max_length=model_max_length)
     if path is not None:
@@ -229,8 +251,12 @@ def build_datasets(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase,
         if data_args.max_documents is not None:
             dataset = dataset.select(range(min(data_args.max_documents, len(dataset))))
         dataset = dataset.filter(lambda b: [bool(t and t.strip()) for t in b[column]], batched=True)
-        dataset = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc=f"tokenize {split}")
-        dataset = dataset.map(group_texts, batched=True, fn_kwargs={"block_size": block}, desc=f"chunk {split}")
+        dataset = dataset.map(
+            tokenize, batched=True, remove_columns=dataset.column_names, desc=f"tokenize {split}"
+        )
+        dataset = dataset.map(
+            group_texts, batched=True, fn_kwargs={"block_size": block}, desc=f"chunk {split}"
+        )
         blocks[split] = dataset.remove_columns("labels")
     if len(blocks["train"]) == 0:
         raise ValueError(f"The training data is shorter than one block of {block} tokens.")
@@ -239,7 +265,9 @@ def build_datasets(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase,
 
 def span_corruption_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy of the target spans (sentinels and EOS included), teacher-forced."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    return model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
 
 
 def sentinel_id_tensor(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
@@ -257,13 +285,18 @@ def evaluate_spans(accelerator: Accelerator, model: torch.nn.Module, dataloader:
     for index, batch in enumerate(dataloader):
         if max_batches is not None and index >= max_batches:
             break
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
         labels = batch["labels"]
         sentinel = torch.isin(labels, sentinels.to(labels.device))
         real = (labels >= 0) & ~sentinel & (labels != accelerator.unwrap_model(model).config.eos_token_id)
         hits = (out.logits.argmax(-1) == labels) & real
         stats = accelerator.reduce(
-            torch.tensor([out.loss.item(), hits.sum().item(), real.sum().item(), 1.0], device=accelerator.device), "sum"
+            torch.tensor(
+                [out.loss.item(), hits.sum().item(), real.sum().item(), 1.0], device=accelerator.device
+            ),
+            "sum",
         )
         loss_sum += stats[0].item()
         correct += int(stats[1].item())
@@ -274,7 +307,9 @@ def evaluate_spans(accelerator: Accelerator, model: torch.nn.Module, dataloader:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    loop_args, model_args, data_args = parse_args([TrainingLoopArguments, ModelArguments, DataArguments], argv)
+    loop_args, model_args, data_args = parse_args(
+        [TrainingLoopArguments, ModelArguments, DataArguments], argv
+    )
     config = build_config(model_args, data_args)  # fail fast on a bad preset/size, before any work
 
     accelerator: Accelerator = make_accelerator(loop_args)
@@ -308,7 +343,9 @@ def main(argv: list[str] | None = None) -> Path:
         collate_fn=collator,
         num_workers=loop_args.dataloader_num_workers,
     )
-    eval_loader = DataLoader(data["validation"], batch_size=loop_args.per_device_eval_batch_size, collate_fn=collator)
+    eval_loader = DataLoader(
+        data["validation"], batch_size=loop_args.per_device_eval_batch_size, collate_fn=collator
+    )
     result = train_loop(
         accelerator,
         model,

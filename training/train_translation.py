@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -617,6 +618,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         accelerator.wait_for_everyone()
         load_averaged(unwrapped, Path(loop_args.output_dir) / ".averaged-weights")
         save_final(accelerator, result.model, tokenizer, loop_args.output_dir, subdir="averaged")
+        if accelerator.is_main_process:  # the averaged model now lives in output_dir/averaged
+            shutil.rmtree(Path(loop_args.output_dir) / ".averaged-weights", ignore_errors=True)
         summary["averaged_checkpoints"] = [p.name for p in checkpoints]
         if not args.skip_bleu and accelerator.is_main_process:
             summary["averaged"] = evaluate_bleu(unwrapped, tokenizer, pairs["test"], args)

@@ -18,13 +18,27 @@ from ..models import t5
 
 # Field names the two configs share (transformers' T5Config names).
 _SHARED_FIELDS = (
-    "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
-    "relative_attention_num_buckets", "relative_attention_max_distance", "dropout_rate",
-    "layer_norm_epsilon", "initializer_factor", "feed_forward_proj", "pad_token_id", "eos_token_id",
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_decoder_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "dropout_rate",
+    "layer_norm_epsilon",
+    "initializer_factor",
+    "feed_forward_proj",
+    "pad_token_id",
+    "eos_token_id",
 )
 _THEIRS_TO_OURS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
 _OURS_TO_THEIRS = {v: k for k, v in _THEIRS_TO_OURS.items()}
-_ATTENTION_KEY = re.compile(r"(\.(?:SelfAttention|EncDecAttention)\.)(q|k|v|o|q_proj|k_proj|v_proj|out_proj)(\.weight)$")
+_ATTENTION_KEY = re.compile(
+    r"(\.(?:SelfAttention|EncDecAttention)\.)(q|k|v|o|q_proj|k_proj|v_proj|out_proj)(\.weight)$"
+)
 # Old transformers checkpoints carry an unused position table in the decoder's first cross-attention.
 _UNUSED = "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"
 
@@ -80,14 +94,18 @@ def _rename(state: dict, mapping: dict) -> dict:
     return {key(k): v for k, v in state.items() if k != _UNUSED}
 
 
-register_route(Route(
-    "t5", _t5_to_ours, _t5_to_theirs,
-    heads={
-        "T5Model": "Model",
-        "T5ForConditionalGeneration": "ForConditionalGeneration",
-        "T5EncoderModel": "EncoderModel",
-    },
-    paper_types={"paper-t5": (t5, "PaperT5")},
-    state_to_ours=lambda state: _rename(state, _THEIRS_TO_OURS),
-    state_to_theirs=lambda state: _rename(state, _OURS_TO_THEIRS),
-))
+register_route(
+    Route(
+        "t5",
+        _t5_to_ours,
+        _t5_to_theirs,
+        heads={
+            "T5Model": "Model",
+            "T5ForConditionalGeneration": "ForConditionalGeneration",
+            "T5EncoderModel": "EncoderModel",
+        },
+        paper_types={"paper-t5": (t5, "PaperT5")},
+        state_to_ours=lambda state: _rename(state, _THEIRS_TO_OURS),
+        state_to_theirs=lambda state: _rename(state, _OURS_TO_THEIRS),
+    )
+)

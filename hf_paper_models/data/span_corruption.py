@@ -114,7 +114,9 @@ def sentinel_ids(tokenizer: Any, count: int = 1) -> list[int]:
     ids = tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(count)])
     unk = getattr(tokenizer, "unk_token_id", None)
     if any(i is None or i == unk for i in ids):
-        raise ValueError("The tokenizer has no <extra_id_N> sentinel tokens (T5's Unigram tokenizer has 100).")
+        raise ValueError(
+            "The tokenizer has no <extra_id_N> sentinel tokens (T5's Unigram tokenizer has 100)."
+        )
     return ids
 
 
@@ -215,7 +217,9 @@ class DataCollatorForSpanCorruption:
                 self.pad_token_id = self.tokenizer.pad_token_id
         for name in ("sentinel_start_id", "eos_token_id", "pad_token_id"):
             if getattr(self, name) is None:
-                raise ValueError(f"DataCollatorForSpanCorruption needs `{name}` (or a tokenizer that has it).")
+                raise ValueError(
+                    f"DataCollatorForSpanCorruption needs `{name}` (or a tokenizer that has it)."
+                )
         if not 0.0 < self.noise_density < 1.0:
             raise ValueError(f"noise_density must be in (0, 1), got {self.noise_density!r}")
         if not self.mean_noise_span_length >= 1.0:
@@ -295,7 +299,9 @@ def text_to_text(task: str, **fields: str) -> str:
     well.")`` -> ``"cola sentence: The course is jumping well."``. ``task`` is a key of
     ``TASK_TEMPLATES``; the fields are the template's placeholders."""
     if task not in TASK_TEMPLATES:
-        raise ValueError(f"Unknown task {task!r}; known: {sorted(TASK_TEMPLATES)} (or use translation_prefix).")
+        raise ValueError(
+            f"Unknown task {task!r}; known: {sorted(TASK_TEMPLATES)} (or use translation_prefix)."
+        )
     try:
         return TASK_TEMPLATES[task].format(**fields)
     except KeyError as err:

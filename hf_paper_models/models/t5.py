@@ -122,7 +122,13 @@ class PaperT5Config(PreTrainedConfig):
             self.d_kv = self.d_model // self.num_heads
         if self.num_decoder_layers is None:  # symmetric encoder and decoder, as in the paper
             self.num_decoder_layers = self.num_layers
-        for name in ("vocab_size", "num_layers", "num_decoder_layers", "d_ff", "relative_attention_max_distance"):
+        for name in (
+            "vocab_size",
+            "num_layers",
+            "num_decoder_layers",
+            "d_ff",
+            "relative_attention_max_distance",
+        ):
             _named(self, check_int, name)
         _named(self, check_int, "relative_attention_num_buckets", 4)
         _named(self, check_int, "max_position_embeddings", 1, True)
@@ -173,7 +179,9 @@ def _named(config: PreTrainedConfig, check, *args) -> None:
         check(config, *args)
     except ValueError as err:
         name = args[0] if args else None
-        aliases = [a for a, target in config.attribute_map.items() if target == name and f"`{a}`" not in str(err)]
+        aliases = [
+            a for a, target in config.attribute_map.items() if target == name and f"`{a}`" not in str(err)
+        ]
         if not aliases:
             raise
         also = ", ".join(f"`{a}`" for a in aliases)
@@ -184,12 +192,18 @@ def _named(config: PreTrainedConfig, check, *args) -> None:
 # each of the encoder and decoder. Vocabulary 32,128 as released (the paper's 32,000
 # wordpieces rounded up to a multiple of 128, with the 100 sentinels among them).
 PRESETS = {
-    "t5-small": dict(hidden_size=512, intermediate_size=2048, head_dim=64, num_attention_heads=8, num_hidden_layers=6),
-    "t5-base": dict(hidden_size=768, intermediate_size=3072, head_dim=64, num_attention_heads=12, num_hidden_layers=12),
+    "t5-small": dict(
+        hidden_size=512, intermediate_size=2048, head_dim=64, num_attention_heads=8, num_hidden_layers=6
+    ),
+    "t5-base": dict(
+        hidden_size=768, intermediate_size=3072, head_dim=64, num_attention_heads=12, num_hidden_layers=12
+    ),
     "t5-large": dict(
         hidden_size=1024, intermediate_size=4096, head_dim=64, num_attention_heads=16, num_hidden_layers=24
     ),
-    "t5-3b": dict(hidden_size=1024, intermediate_size=16384, head_dim=128, num_attention_heads=32, num_hidden_layers=24),
+    "t5-3b": dict(
+        hidden_size=1024, intermediate_size=16384, head_dim=128, num_attention_heads=32, num_hidden_layers=24
+    ),
     "t5-11b": dict(
         hidden_size=1024, intermediate_size=65536, head_dim=128, num_attention_heads=128, num_hidden_layers=24
     ),
@@ -226,7 +240,10 @@ class PaperT5LayerNorm(nn.Module):
 
 
 def relative_position_bucket(
-    relative_position: torch.Tensor, bidirectional: bool = True, num_buckets: int = 32, max_distance: int = 128
+    relative_position: torch.Tensor,
+    bidirectional: bool = True,
+    num_buckets: int = 32,
+    max_distance: int = 128,
 ) -> torch.Tensor:
     """The bucket of each key-minus-query offset (§2.1, after Mesh TensorFlow).
 
@@ -258,18 +275,35 @@ class PaperT5Attention(MultiHeadAttention):
     """The shared ``MultiHeadAttention`` (no biases, no 1/√d_kv scaling) plus, in the first layer of a
     stack, the table of relative position scalars (one per bucket and head) and ``compute_bias``."""
 
-    def __init__(self, config: PaperT5Config, *, layer_idx: int, is_causal: bool, is_cross_attention: bool = False,
-                 has_relative_attention_bias: bool = False):
+    def __init__(
+        self,
+        config: PaperT5Config,
+        *,
+        layer_idx: int,
+        is_causal: bool,
+        is_cross_attention: bool = False,
+        has_relative_attention_bias: bool = False,
+    ):
         super().__init__(
-            config, config.d_model, config.num_heads, config.d_kv, layer_idx=layer_idx, bias=False,
-            is_causal=is_causal, is_cross_attention=is_cross_attention, dropout=config.dropout_rate, scaling=1.0,
+            config,
+            config.d_model,
+            config.num_heads,
+            config.d_kv,
+            layer_idx=layer_idx,
+            bias=False,
+            is_causal=is_causal,
+            is_cross_attention=is_cross_attention,
+            dropout=config.dropout_rate,
+            scaling=1.0,
         )
         # T5's initialisation (Mesh TF): N(0, fan_in^-1/2) for every projection, and the query's extra
         # d_kv^-1/2 stands in for the logit scaling the paper drops.
         self.q_proj.t5_init_std = (config.d_model * config.d_kv) ** -0.5
         self.has_relative_attention_bias = has_relative_attention_bias
         if has_relative_attention_bias:
-            self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
+            self.relative_attention_bias = nn.Embedding(
+                config.relative_attention_num_buckets, config.num_heads
+            )
             self.relative_attention_bias.t5_init_std = config.d_model**-0.5
 
     def compute_bias(self, query_length: int, key_length: int, past_length: int = 0) -> torch.Tensor:
@@ -313,15 +347,23 @@ class PaperT5Sublayer(nn.Module):
 class PaperT5LayerSelfAttention(PaperT5Sublayer):
     """x + Dropout(SelfAttention(LN(x)))."""
 
-    def __init__(self, config: PaperT5Config, layer_idx: int, is_decoder: bool, has_relative_attention_bias: bool):
+    def __init__(
+        self, config: PaperT5Config, layer_idx: int, is_decoder: bool, has_relative_attention_bias: bool
+    ):
         super().__init__(config)
         self.SelfAttention = PaperT5Attention(
-            config, layer_idx=layer_idx, is_causal=is_decoder, has_relative_attention_bias=has_relative_attention_bias
+            config,
+            layer_idx=layer_idx,
+            is_causal=is_decoder,
+            has_relative_attention_bias=has_relative_attention_bias,
         )
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
         output, weights = self.SelfAttention(
-            self.layer_norm(hidden_states), attention_mask=attention_mask, past_key_values=past_key_values, **kwargs
+            self.layer_norm(hidden_states),
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            **kwargs,
         )
         return hidden_states + self.dropout(output), weights
 
@@ -331,7 +373,9 @@ class PaperT5LayerCrossAttention(PaperT5Sublayer):
 
     def __init__(self, config: PaperT5Config, layer_idx: int):
         super().__init__(config)
-        self.EncDecAttention = PaperT5Attention(config, layer_idx=layer_idx, is_causal=False, is_cross_attention=True)
+        self.EncDecAttention = PaperT5Attention(
+            config, layer_idx=layer_idx, is_causal=False, is_cross_attention=True
+        )
 
     def forward(self, hidden_states, key_value_states, attention_mask=None, past_key_values=None, **kwargs):
         output, weights = self.EncDecAttention(
@@ -363,7 +407,13 @@ class PaperT5Block(GradientCheckpointingLayer):
     ``(hidden_states, self-attention weights, cross-attention weights)``.
     """
 
-    def __init__(self, config: PaperT5Config, layer_idx: int, is_decoder: bool, has_relative_attention_bias: bool = False):
+    def __init__(
+        self,
+        config: PaperT5Config,
+        layer_idx: int,
+        is_decoder: bool,
+        has_relative_attention_bias: bool = False,
+    ):
         super().__init__()
         self.is_decoder = is_decoder
         self.layer = nn.ModuleList(
@@ -458,7 +508,9 @@ class PaperT5Stack(nn.Module):
         if not self.is_decoder:
             past_key_values = None  # the encoder never caches
         elif isinstance(past_key_values, Cache) and not isinstance(past_key_values, EncoderDecoderCache):
-            past_key_values = EncoderDecoderCache(past_key_values, DynamicCache(config=config.get_text_config(decoder=True)))
+            past_key_values = EncoderDecoderCache(
+                past_key_values, DynamicCache(config=config.get_text_config(decoder=True))
+            )
         self_cache = past_key_values.self_attention_cache if past_key_values is not None else None
         past_length = self_cache.get_seq_length() if self_cache is not None else 0
 
@@ -467,8 +519,11 @@ class PaperT5Stack(nn.Module):
             raise ValueError(f"Expected `{which}` of shape (batch, sequence), got {tuple(shape)}.")
         check_input_ids(input_ids, config.vocab_size, which)
         if config.max_position_embeddings is not None:
-            check_length(past_length + shape[1], config.max_position_embeddings, "decoder sequence"
-                         if self.is_decoder else "input")
+            check_length(
+                past_length + shape[1],
+                config.max_position_embeddings,
+                "decoder sequence" if self.is_decoder else "input",
+            )
         check_attention_mask(attention_mask, shape[0], past_length + shape[1])
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             if encoder_attention_mask.dim() == 2 and not torch.compiler.is_compiling():
@@ -487,18 +542,25 @@ class PaperT5Stack(nn.Module):
         # then the relative position bias of the first layer added in, once for every layer.
         if self.is_decoder:
             mask = create_causal_mask(
-                config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                past_key_values=self_cache, allow_is_causal_skip=False,
+                config=config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                past_key_values=self_cache,
+                allow_is_causal_skip=False,
             )
         else:
-            mask = create_bidirectional_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+            mask = create_bidirectional_mask(
+                config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+            )
         first_attention = self.block[0].layer[0].SelfAttention
         bias = first_attention.compute_bias(shape[1], past_length + shape[1], past_length)
         self_mask = _add_position_bias(bias.to(inputs_embeds.dtype), mask)
         cross_mask = None
         if self.is_decoder and encoder_hidden_states is not None:
             cross_mask = create_bidirectional_mask(
-                config=config, inputs_embeds=inputs_embeds, attention_mask=encoder_attention_mask,
+                config=config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=encoder_attention_mask,
                 encoder_hidden_states=encoder_hidden_states,
             )
 
@@ -507,7 +569,12 @@ class PaperT5Stack(nn.Module):
             if output_hidden_states:
                 all_hidden += (hidden_states,)
             hidden_states, self_weights, cross_weights = block(
-                hidden_states, self_mask, encoder_hidden_states, cross_mask, past_key_values=past_key_values, **kwargs
+                hidden_states,
+                self_mask,
+                encoder_hidden_states,
+                cross_mask,
+                past_key_values=past_key_values,
+                **kwargs,
             )
             if output_attentions:
                 all_self += (self_weights,)
@@ -541,7 +608,9 @@ class PaperT5PreTrainedModel(PaperPreTrainedModel):
     _supports_flex_attn = False
     _can_compile_fullgraph = True
     # Older transformers checkpoints carry an unused position table in the decoder's cross-attention.
-    _keys_to_ignore_on_load_unexpected = [r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias"]
+    _keys_to_ignore_on_load_unexpected = [
+        r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias"
+    ]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -572,14 +641,20 @@ class PaperT5PreTrainedModel(PaperPreTrainedModel):
             use_cache = False
         if use_cache and past_key_values is None:
             decoder_config = self.config.get_text_config(decoder=True)
-            past_key_values = EncoderDecoderCache(DynamicCache(config=decoder_config), DynamicCache(config=decoder_config))
+            past_key_values = EncoderDecoderCache(
+                DynamicCache(config=decoder_config), DynamicCache(config=decoder_config)
+            )
         return past_key_values if use_cache else None
 
 
-def shift_right(input_ids: torch.Tensor, decoder_start_token_id: int | None, pad_token_id: int | None) -> torch.Tensor:
+def shift_right(
+    input_ids: torch.Tensor, decoder_start_token_id: int | None, pad_token_id: int | None
+) -> torch.Tensor:
     """Teacher forcing: the decoder reads ``[start] y_1 … y_{n-1}`` to predict ``y_1 … y_n``."""
     if decoder_start_token_id is None or pad_token_id is None:
-        raise ValueError("`decoder_start_token_id` and `pad_token_id` must be set to build decoder inputs from labels.")
+        raise ValueError(
+            "`decoder_start_token_id` and `pad_token_id` must be set to build decoder inputs from labels."
+        )
     shifted = input_ids.new_zeros(input_ids.shape)
     shifted[..., 1:] = input_ids[..., :-1].clone()
     shifted[..., 0] = decoder_start_token_id
@@ -651,8 +726,12 @@ class PaperT5Model(PaperT5PreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
-                input_ids, attention_mask, inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
+                input_ids,
+                attention_mask,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                **kwargs,
             )
         encoder_outputs = _as_encoder_output(encoder_outputs)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -738,8 +817,12 @@ class PaperT5ForConditionalGeneration(PaperT5PreTrainedModel, GenerationMixin):
         use_cache = self.config.use_cache if use_cache is None and labels is None else bool(use_cache)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
-                input_ids, attention_mask, inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
+                input_ids,
+                attention_mask,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                **kwargs,
             )
         encoder_outputs = _as_encoder_output(encoder_outputs)
         _check_labels(labels, self.config.vocab_size)
@@ -765,7 +848,9 @@ class PaperT5ForConditionalGeneration(PaperT5PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), labels.to(logits.device).reshape(-1), ignore_index=-100
+                logits.float().reshape(-1, logits.shape[-1]),
+                labels.to(logits.device).reshape(-1),
+                ignore_index=-100,
             )
         return Seq2SeqLMOutput(
             loss=loss,
@@ -816,11 +901,17 @@ class PaperT5EncoderModel(PaperT5PreTrainedModel):
         **kwargs,
     ) -> BaseModelOutput:
         out = self.encoder(
-            input_ids, attention_mask, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
+            input_ids,
+            attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
         )
         return BaseModelOutput(
-            last_hidden_state=out.last_hidden_state, hidden_states=out.hidden_states, attentions=out.attentions
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
         )
 
 

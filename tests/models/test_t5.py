@@ -32,13 +32,27 @@ from hf_paper_models.models.t5 import (
 )
 
 THEIR_TINY = dict(
-    vocab_size=101, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
-    relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
+    vocab_size=101,
+    d_model=32,
+    d_kv=8,
+    d_ff=64,
+    num_layers=2,
+    num_decoder_layers=3,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=20,
+    dropout_rate=0.0,
     decoder_start_token_id=0,
 )
 OUR_TINY = dict(
-    vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-    relative_attention_num_buckets=8, relative_attention_max_distance=20, max_position_embeddings=64,
+    vocab_size=101,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=20,
+    max_position_embeddings=64,
 )
 
 
@@ -48,7 +62,9 @@ def count(model: torch.nn.Module) -> int:
 
 def their_tiny(cls, **kw):
     torch.manual_seed(0)
-    return cls(transformers.T5Config(**{**THEIR_TINY, **kw})).eval()  # a fresh config: T5EncoderModel edits it
+    return cls(
+        transformers.T5Config(**{**THEIR_TINY, **kw})
+    ).eval()  # a fresh config: T5EncoderModel edits it
 
 
 def ours_tiny(**kw) -> PaperT5ForConditionalGeneration:
@@ -121,7 +137,8 @@ def test_conversion_from_a_saved_folder_and_losses_match(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change, match", [(dict(feed_forward_proj="gated-gelu"), "v1.1"), (dict(tie_word_embeddings=False), "v1.1")]
+    "change, match",
+    [(dict(feed_forward_proj="gated-gelu"), "v1.1"), (dict(tie_word_embeddings=False), "v1.1")],
 )
 def test_conversion_refuses_t5_v1_1(change, match):
     theirs = their_tiny(transformers.T5ForConditionalGeneration, **change)
@@ -132,7 +149,9 @@ def test_conversion_refuses_t5_v1_1(change, match):
 @pytest.mark.parametrize("beams", [1, 3])
 def test_generation_matches_transformers(beams):
     # initializer_factor 10 makes a random T5 emit varied tokens (at 1 it repeats the start token).
-    theirs = their_tiny(transformers.T5ForConditionalGeneration, num_decoder_layers=2, initializer_factor=10.0)
+    theirs = their_tiny(
+        transformers.T5ForConditionalGeneration, num_decoder_layers=2, initializer_factor=10.0
+    )
     ours = convert_from_transformers(theirs)
     input_ids, mask = padded(length=9)
     kwargs = dict(attention_mask=mask, max_new_tokens=10, min_new_tokens=10, do_sample=False, num_beams=beams)
@@ -146,8 +165,13 @@ def test_cache_equals_no_cache_with_varied_output(mode):
     model = ours_tiny(initializer_factor=10.0, num_decoder_layers=3)  # decoder deeper than encoder
     input_ids, mask = padded(length=9)
     kwargs = dict(attention_mask=mask, max_new_tokens=10, min_new_tokens=10)
-    kwargs.update({"greedy": dict(do_sample=False), "beam": dict(do_sample=False, num_beams=3),
-                   "sample": dict(do_sample=True, top_k=10)}[mode])
+    kwargs.update(
+        {
+            "greedy": dict(do_sample=False),
+            "beam": dict(do_sample=False, num_beams=3),
+            "sample": dict(do_sample=True, top_k=10),
+        }[mode]
+    )
     outs = []
     for use_cache in (True, False):
         torch.manual_seed(3)
@@ -173,7 +197,9 @@ def bucket_formula(offset: int, bidirectional: bool, num_buckets: int, max_dista
     exact = num_buckets // 2
     if distance < exact:
         return first + distance
-    log_bucket = exact + int(math.log(distance / exact) / math.log(max_distance / exact) * (num_buckets - exact))
+    log_bucket = exact + int(
+        math.log(distance / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+    )
     return first + min(log_bucket, num_buckets - 1)
 
 
@@ -213,8 +239,9 @@ def test_position_bias_is_computed_once_per_stack_and_shared():
     decoder_attention = model.decoder.block[0].layer[0].SelfAttention
     row = decoder_attention.compute_bias(1, 7, past_length=6)[0, :, 0]
     for k in range(7):
-        torch.testing.assert_close(row[:, k], decoder_attention.relative_attention_bias.weight[
-            bucket_formula(k - 6, False, 8, 20)])
+        torch.testing.assert_close(
+            row[:, k], decoder_attention.relative_attention_bias.weight[bucket_formula(k - 6, False, 8, 20)]
+        )
     # Every layer sees the bias: zeroing the table changes the last layer's output.
     input_ids, mask = padded()
     with torch.no_grad():
@@ -245,7 +272,9 @@ def test_no_biases_tied_head_and_rescaled_output():
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
         memory = model.encoder(input_ids, mask).last_hidden_state
-        hidden = model.decoder(decoder_input_ids, encoder_hidden_states=memory, encoder_attention_mask=mask)[0]
+        hidden = model.decoder(decoder_input_ids, encoder_hidden_states=memory, encoder_attention_mask=mask)[
+            0
+        ]
     torch.testing.assert_close(logits, (hidden * 32**-0.5) @ model.shared.weight.T)
 
 
@@ -264,7 +293,9 @@ def test_pre_layer_norm_residual_sublayers():
 
 
 def test_t5_initialisation():
-    config = preset("t5-small", hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024)
+    config = preset(
+        "t5-small", hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024
+    )
     torch.manual_seed(0)
     model = PaperT5ForConditionalGeneration(config)
     attention = model.encoder.block[1].layer[0].SelfAttention
@@ -290,21 +321,36 @@ def test_t5_initialisation():
 def test_preset_parameter_counts(name):
     config = preset(name)
     their_config = transformers.T5Config(
-        vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.d_kv, d_ff=config.d_ff,
-        num_layers=config.num_layers, num_heads=config.num_heads,
+        vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        d_kv=config.d_kv,
+        d_ff=config.d_ff,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
     )
     with torch.device("meta"):
-        ours, theirs = PaperT5ForConditionalGeneration(config), transformers.T5ForConditionalGeneration(their_config)
+        ours, theirs = (
+            PaperT5ForConditionalGeneration(config),
+            transformers.T5ForConditionalGeneration(their_config),
+        )
     assert count(ours) == count(theirs)
     # §3.7's rounded figures; "770 million" for T5-Large is 4.2% above its own architecture (737.7M).
-    assert abs(count(ours) - PAPER_PARAMETERS[name]) / PAPER_PARAMETERS[name] < (0.05 if name == "t5-large" else 0.03)
+    assert abs(count(ours) - PAPER_PARAMETERS[name]) / PAPER_PARAMETERS[name] < (
+        0.05 if name == "t5-large" else 0.03
+    )
 
 
 def test_preset_sizes_are_the_papers():
     assert (preset("t5-3b").d_kv, preset("t5-3b").num_heads, preset("t5-3b").d_ff) == (128, 32, 16384)
     assert (preset("t5-11b").d_kv, preset("t5-11b").num_heads, preset("t5-11b").d_ff) == (128, 128, 65536)
     base = preset("t5-base")
-    assert (base.d_model, base.num_layers, base.num_decoder_layers, base.num_heads, base.d_kv) == (768, 12, 12, 12, 64)
+    assert (base.d_model, base.num_layers, base.num_decoder_layers, base.num_heads, base.d_kv) == (
+        768,
+        12,
+        12,
+        12,
+        64,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,8 +360,19 @@ def test_preset_sizes_are_the_papers():
 
 def test_config_defaults_and_aliases():
     config = PaperT5Config()
-    assert (config.d_model, config.d_kv, config.d_ff, config.num_layers, config.num_decoder_layers) == (512, 64, 2048, 6, 6)
-    assert (config.hidden_size, config.intermediate_size, config.head_dim, config.num_hidden_layers) == (512, 2048, 64, 6)
+    assert (config.d_model, config.d_kv, config.d_ff, config.num_layers, config.num_decoder_layers) == (
+        512,
+        64,
+        2048,
+        6,
+        6,
+    )
+    assert (config.hidden_size, config.intermediate_size, config.head_dim, config.num_hidden_layers) == (
+        512,
+        2048,
+        64,
+        6,
+    )
     assert (config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (0, 1, 0)
     assert config.is_encoder_decoder and config.tie_word_embeddings and config.feed_forward_proj == "relu"
     assert PaperT5Config(d_model=1024, num_heads=32, d_kv=128).d_kv == 128  # decoupled heads (T5-3B)
@@ -432,15 +489,19 @@ def unigram():
 def test_collator_with_the_unigram_tokenizer_round_trips(unigram):
     top = sentinel_ids(unigram, 3)
     assert top == [len(unigram) - 1, len(unigram) - 2, len(unigram) - 3]  # descending from the top
-    texts = ["the dog eats the bread in the park because it is hungry and the sun is warm today",
-             "a small red ball rolls under the table while the children sing a song"]
+    texts = [
+        "the dog eats the bread in the park because it is hungry and the sun is warm today",
+        "a small red ball rolls under the table while the children sing a song",
+    ]
     blocks = [unigram(t, add_special_tokens=False)["input_ids"] for t in texts]
     collator = DataCollatorForSpanCorruption(unigram, seed=1)
     batch = collator([{"input_ids": b} for b in blocks])
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     again = collator([{"input_ids": b} for b in reversed(blocks)])  # a pure function of each example
-    torch.testing.assert_close(again["input_ids"][0, : batch["attention_mask"][1].sum()],
-                               batch["input_ids"][1, : batch["attention_mask"][1].sum()])
+    torch.testing.assert_close(
+        again["input_ids"][0, : batch["attention_mask"][1].sum()],
+        batch["input_ids"][1, : batch["attention_mask"][1].sum()],
+    )
     for row, block in enumerate(blocks):
         inputs = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
         labels = [t for t in batch["labels"][row].tolist() if t != -100]
@@ -462,11 +523,16 @@ def test_collator_with_the_unigram_tokenizer_round_trips(unigram):
 
 
 def test_text_to_text_prefixes():
-    assert text_to_text("translate_en_de", text="That is good.") == "translate English to German: That is good."
-    assert text_to_text("cola", sentence="The course is jumping well.") == "cola sentence: The course is jumping well."
-    assert text_to_text("stsb", sentence1="The rhino grazed on the grass.", sentence2="A rhino is grazing in a field.") == (
-        "stsb sentence1: The rhino grazed on the grass. sentence2: A rhino is grazing in a field."
+    assert (
+        text_to_text("translate_en_de", text="That is good.") == "translate English to German: That is good."
     )
+    assert (
+        text_to_text("cola", sentence="The course is jumping well.")
+        == "cola sentence: The course is jumping well."
+    )
+    assert text_to_text(
+        "stsb", sentence1="The rhino grazed on the grass.", sentence2="A rhino is grazing in a field."
+    ) == ("stsb sentence1: The rhino grazed on the grass. sentence2: A rhino is grazing in a field.")
     assert text_to_text("summarize", text="state authorities dispatched ...").startswith("summarize: ")
     assert translation_prefix("English", "Target") == "translate English to Target: "
     assert (stsb_target(3.82), stsb_target(3.9), stsb_target(1)) == ("3.8", "4.0", "1.0")
