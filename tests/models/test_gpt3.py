@@ -24,9 +24,11 @@ def band_mask(n: int, window: int) -> torch.Tensor:
     return mask
 
 
-@pytest.mark.parametrize("n, window", [(37, 8), (64, 16), (5, 8), (33, 1)])
+@pytest.mark.parametrize("n, window", [(37, 8), (64, 16), (5, 8), (33, 1), (50, 7)])
 @pytest.mark.parametrize("padded", [False, True])
-def test_banded_kernel_equals_dense_attention_under_a_band_mask(n, window, padded):
+@pytest.mark.parametrize("block", [None, 1, 3, "window"])
+def test_banded_kernel_equals_dense_attention_under_a_band_mask(n, window, padded, block):
+    block = window if block == "window" else block
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 8) for _ in range(3))
     padding = torch.ones(2, n, dtype=torch.bool)
@@ -34,7 +36,9 @@ def test_banded_kernel_equals_dense_attention_under_a_band_mask(n, window, padde
         padding[0, : n // 3] = False  # left padding in the first row
     module = torch.nn.Module().eval()
     for use_sdpa in (True, False):
-        out, _ = banded_attention_forward(module, q, k, v, window, padding if padded else None, use_sdpa=use_sdpa)
+        out, _ = banded_attention_forward(
+            module, q, k, v, window, padding if padded else None, use_sdpa=use_sdpa, block=block
+        )
         mask = band_mask(n, window)[None, None] & padding[:, None, None, :]
         scores = (q @ k.transpose(-1, -2)) / 8**0.5
         expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v
