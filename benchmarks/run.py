@@ -11,6 +11,8 @@ matmul measured in the same run, not to a datasheet peak. Rows:
 3. model FLOP utilisation of the train step
 4. GPT-3's banded attention kernel vs dense causal SDPA (one op, forward + backward), its memory,
    and whole-model GPT-3 (alternating dense/banded) vs GPT-2 (all dense) forward at long context
+5. the Transformer, BERT and T5 against Marian, BERT and T5 (``benchmarks/encoders.py``): train
+   step and greedy decoding
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import encoders  # noqa: E402
 from benchmarks.attention_ops import attention_inputs, banded_op, dense_op  # noqa: E402
 from benchmarks.timing import (  # noqa: E402
     Timing,
     machine_info,
     matmul_workload,
     peak_rss_delta_bytes,
+    row,
+    throughput_row,
     time_interleaved,
+    train_step_fn,
 )
 from hf_paper_models.convert import convert_from_transformers  # noqa: E402
 from hf_paper_models.models.gpt2 import PaperGPT2Config  # noqa: E402
@@ -76,6 +82,7 @@ class Sizes:
     model_tokens: int = 2048
     model_repeats: int = 3
     measure_memory: bool = True
+    encoders: encoders.EncoderSizes = encoders.DEFAULT  # the Transformer, BERT and T5 rows
 
 
 DEFAULT = Sizes()
@@ -98,6 +105,7 @@ QUICK = Sizes(
     model_layers=2,
     model_tokens=512,
     model_repeats=2,
+    encoders=encoders.QUICK,
 )
 
 
@@ -178,60 +186,6 @@ def gpt3_like(sizes: Sizes, theirs: nn.Module) -> PaperGPT3Model:
 # ------------------------------------------------------------------------------------------------
 
 
-def row(
-    key: str,
-    benchmark: str,
-    unit: str,
-    ours: float,
-    theirs: float,
-    better: str = "higher",
-    timings: tuple[Timing, Timing] | None = None,
-    note: str = "",
-) -> dict:
-    entry = {
-        "key": key,
-        "benchmark": benchmark,
-        "unit": unit,
-        "ours": ours,
-        "theirs": theirs,
-        "ratio": ours / theirs,
-        "better": better,
-        "note": note,
-    }
-    if timings is not None:
-        entry["ours_seconds"], entry["theirs_seconds"] = timings[0].samples, timings[1].samples
-        best = min(timings[1].samples) / min(timings[0].samples)
-        entry["ratio_best"] = best if better == "higher" else 1 / best
-    return entry
-
-
-def throughput_row(key: str, benchmark: str, tokens: int, timings: dict[str, Timing], note: str = "") -> dict:
-    ours, theirs = timings["ours"], timings["theirs"]
-    return row(
-        key,
-        benchmark,
-        "tokens/s",
-        tokens / ours.median,
-        tokens / theirs.median,
-        timings=(ours, theirs),
-        note=note,
-    )
-
-
-def train_step_fn(model: nn.Module, input_ids: torch.Tensor) -> Callable[[], float]:
-    """One optimiser step on a fixed batch: forward with labels, backward, AdamW, zero grads."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> float:
-        loss = model(input_ids=input_ids, labels=input_ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    return step
-
-
 def bench_train(sizes: Sizes, checks: dict) -> tuple[dict, dict[str, Timing], nn.Module, float]:
     """Train-step throughput, ours vs theirs, with a matmul workload (FLOPs returned) timed between steps."""
     ours, theirs = gpt2_pair(sizes, sizes.layers, max(1024, sizes.seq), lm_head=True)
@@ -248,8 +202,8 @@ def bench_train(sizes: Sizes, checks: dict) -> tuple[dict, dict[str, Timing], nn
     checks["train_initial_loss_abs_diff"] = abs(first[0].item() - first[1].item())
     matmul, matmul_flops = matmul_workload(sizes.matmul_size, sizes.matmul_count)
     fns = {
-        "ours": train_step_fn(ours, input_ids),
-        "theirs": train_step_fn(theirs, input_ids),
+        "ours": train_step_fn(ours, {"input_ids": input_ids, "labels": input_ids}),
+        "theirs": train_step_fn(theirs, {"input_ids": input_ids, "labels": input_ids}),
         "matmul": matmul,
     }
     timings = time_interleaved(fns, sizes.train_warmup, sizes.train_repeats)
@@ -522,6 +476,7 @@ def run_all(sizes: Sizes, label: str = "custom", progress: Callable[[str], None]
     rows.extend(attention_memory_rows(sizes))
     stage("long-context forward")
     rows.extend(bench_long_forward(sizes))
+    rows.extend(encoders.encoder_rows(sizes.encoders, checks, stage))
     return {
         "run": label,
         "machine": machine,

@@ -138,3 +138,59 @@ def machine_info() -> dict[str, object]:
         "platform": platform.platform(),
         "load_average_at_start": [round(x, 2) for x in load],
     }
+
+
+def row(
+    key: str,
+    benchmark: str,
+    unit: str,
+    ours: float,
+    theirs: float,
+    better: str = "higher",
+    timings: tuple[Timing, Timing] | None = None,
+    note: str = "",
+) -> dict:
+    """One table row: a quantity for ours and theirs and the ratio (inverted when lower is better
+    for the best-of-runs column, so that > 1 always means ours wins there)."""
+    entry = {
+        "key": key,
+        "benchmark": benchmark,
+        "unit": unit,
+        "ours": ours,
+        "theirs": theirs,
+        "ratio": ours / theirs,
+        "better": better,
+        "note": note,
+    }
+    if timings is not None:
+        entry["ours_seconds"], entry["theirs_seconds"] = timings[0].samples, timings[1].samples
+        best = min(timings[1].samples) / min(timings[0].samples)
+        entry["ratio_best"] = best if better == "higher" else 1 / best
+    return entry
+
+
+def throughput_row(key: str, benchmark: str, tokens: int, timings: dict[str, Timing], note: str = "") -> dict:
+    ours, theirs = timings["ours"], timings["theirs"]
+    return row(
+        key,
+        benchmark,
+        "tokens/s",
+        tokens / ours.median,
+        tokens / theirs.median,
+        timings=(ours, theirs),
+        note=note,
+    )
+
+
+def train_step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], float]:
+    """One optimiser step on a fixed batch: forward with labels, backward, AdamW, zero grads."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> float:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step

@@ -26,6 +26,11 @@ EXPECTED_ROWS = {
     "attention_scores_mib",
     "gpt3_forward_tokens_per_s",
     "gpt2_forward_tokens_per_s",
+    "transformer_train_tokens_per_s",
+    "bert_train_tokens_per_s",
+    "t5_train_tokens_per_s",
+    "transformer_decode_tokens_per_s",
+    "t5_decode_tokens_per_s",
 }
 
 
@@ -63,6 +68,10 @@ def tiny_sizes(bench):
         model_tokens=128,
         model_repeats=1,
         measure_memory=False,  # a child process importing transformers: covered by the test below
+        encoders=dataclasses.replace(
+            bench.encoders.QUICK, layers=1, hidden=32, heads=2, ffn=64, vocab=64, source=8, target=8,
+            train_warmup=0, train_repeats=1, prompt=4, new_tokens=3, decode_repeats=1,
+        ),  # fmt: skip
     )
 
 
@@ -83,6 +92,9 @@ def test_quick_run_writes_every_row_with_positive_numbers(bench, tmp_path, monke
     # Same weights on both sides: identical first loss and identical greedy tokens.
     assert results["checks"]["train_initial_loss_abs_diff"] < 1e-4
     assert results["checks"]["decode_b1_same_tokens"] and results["checks"]["decode_b2_same_tokens"]
+    for name in ("transformer", "bert", "t5"):
+        assert results["checks"][f"{name}_initial_loss_abs_diff"] < 1e-4, name
+    assert results["checks"]["transformer_decode_same_tokens"] and results["checks"]["t5_decode_same_tokens"]
     assert results["run"] == "quick" and results["machine"]["torch"]
 
     table = capsys.readouterr().out
