@@ -26,7 +26,7 @@ __all__ = ["average_checkpoints", "average_state_dicts", "weight_files"]
 _WEIGHTS = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
 # Non-weight files worth carrying over from the newest checkpoint.
-_COMPANIONS = (
+COMPANION_FILES = (
     "config.json",
     "generation_config.json",
     "tokenizer.json",
@@ -111,7 +111,7 @@ def average_checkpoints(paths: Sequence[str | os.PathLike[str]], output_dir: str
     metadata = {"format": "pt", "averaged_from": json.dumps([str(p) for p in paths])}
     save_file(averaged, str(out / _WEIGHTS), metadata=metadata)
     if newest.is_dir():
-        for name in _COMPANIONS:
+        for name in COMPANION_FILES:
             if (newest / name).is_file() and newest.resolve() != out.resolve():
                 shutil.copy2(newest / name, out / name)
     return out

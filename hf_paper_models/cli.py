@@ -1,4 +1,4 @@
-"""``hfpm``: the zoo's command line (list, card, convert, demo)."""
+"""``hfpm``: the zoo's command line (list, card, convert, average-checkpoints, demo)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,39 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    """Average checkpoints (Vaswani et al. 2017, §6.1): the paths given, or the last ``--last`` of a
+    recipe's output folder; config and tokenizer come from the newest checkpoint or ``--config-from``."""
+    import shutil
+
+    from .averaging import COMPANION_FILES, average_checkpoints
+    from .training_utils import list_checkpoints
+
+    paths = [Path(p) for p in args.checkpoints]
+    if args.last is not None:
+        if len(paths) != 1:
+            raise ValueError("--last takes one run folder (the recipe's output_dir), not several paths.")
+        found = list_checkpoints(paths[0])
+        if len(found) < args.last:
+            raise ValueError(f"--last {args.last}: {paths[0]} holds {len(found)} complete checkpoint(s).")
+        paths = found[-args.last :]
+    out = average_checkpoints(paths, args.output_dir)
+    if args.config_from is not None:
+        source = Path(args.config_from)
+        if not (source / "config.json").is_file():
+            raise ValueError(f"--config-from {source}: no config.json there.")
+        for name in COMPANION_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, out / name)
+    print(f"averaged {len(paths)} checkpoint(s): {', '.join(p.name for p in paths)} -> {out}")
+    if not (out / "config.json").is_file():
+        print(
+            "note: no config.json came with the checkpoints; pass --config-from <a save_pretrained folder> "
+            "(e.g. the run's final model) to make the folder loadable with from_pretrained."
+        )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hf_paper_models.demo import run_demo
 
@@ -92,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("destination")
     convert.add_argument("--model-type", default=None, help="target when several fit (e.g. paper-gpt3)")
     convert.set_defaults(func=cmd_convert)
+    average = sub.add_parser(
+        "average-checkpoints", help="average the weights of checkpoints (the Transformer paper, §6.1)"
+    )
+    average.add_argument("checkpoints", nargs="+", help="checkpoint folders or .safetensors files, oldest first")
+    average.add_argument("--output-dir", "-o", required=True)
+    average.add_argument("--last", type=int, default=None, help="average the last N checkpoint-* of one run folder")
+    average.add_argument("--config-from", default=None, help="copy config/tokenizer from this save_pretrained folder")
+    average.set_defaults(func=cmd_average)
     demo = sub.add_parser("demo", help="train a tiny GPT-2 on the embedded corpus and save it")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--seconds", type=float, default=120.0)

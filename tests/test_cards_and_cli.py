@@ -54,3 +54,30 @@ def test_hfpm_convert_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, atol=1e-4, rtol=1e-4)
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
+
+
+def test_hfpm_average_checkpoints(tmp_path, capsys):
+    """Three saved models average into a loadable folder whose weights are their mean, computed here."""
+    config = hf_paper_models.preset("transformer-base", vocab_size=40, hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)  # fmt: skip
+    states = []
+    for step in (1, 2, 3):
+        torch.manual_seed(step)
+        model = transformers.AutoModelForSeq2SeqLM.from_config(config)
+        run = tmp_path / "run" / f"checkpoint-{step}"
+        model.save_pretrained(run)
+        (run / "trainer_state.json").write_text("{}")  # marks a complete recipe checkpoint
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    folders = [str(tmp_path / "run" / f"checkpoint-{s}") for s in (1, 2, 3)]
+    assert main(["average-checkpoints", *folders, "-o", str(tmp_path / "avg")]) == 0
+    averaged = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "avg")
+    assert averaged.config.model_type == "paper-transformer"
+    for key, value in averaged.state_dict().items():
+        torch.testing.assert_close(value, (states[0][key] + states[1][key] + states[2][key]) / 3, msg=key)
+
+    # --last N of a run folder picks the newest N; bad requests are clear errors.
+    assert main(["average-checkpoints", str(tmp_path / "run"), "--last", "2", "-o", str(tmp_path / "last2")]) == 0
+    assert "checkpoint-2, checkpoint-3" in capsys.readouterr().out
+    assert main(["average-checkpoints", str(tmp_path / "run"), "--last", "5", "-o", str(tmp_path / "x")]) == 2
+    assert "holds 3 complete checkpoint" in capsys.readouterr().err
+    assert main(["average-checkpoints", str(tmp_path / "nowhere"), "-o", str(tmp_path / "y")]) == 2
