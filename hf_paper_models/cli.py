@@ -109,7 +109,7 @@ def cmd_average(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from hf_paper_models.demo import run_demo
 
-    run_demo(output_dir=args.output_dir, seconds=args.seconds, seed=args.seed)
+    run_demo(output_dir=args.output_dir, seconds=args.seconds, seed=args.seed, steps=args.steps)
     return 0
 
 
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--seconds", type=float, default=120.0)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=int, default=None, help="train exactly this many steps (overrides --seconds)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

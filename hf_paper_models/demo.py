@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -25,12 +26,16 @@ def _load_recipe():
         raise ValueError(f"The demo runs {RECIPE}, which is missing: run it from a checkout of the repository.")
     spec = importlib.util.spec_from_file_location("pretrain_lm", RECIPE)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
 
 
-def run_demo(output_dir: str = "runs/demo", seconds: float = 120.0, seed: int = 0) -> Path:
-    """Train for about ``seconds`` (400 steps of the tiny recipe at most); return the saved folder."""
+def run_demo(
+    output_dir: str = "runs/demo", seconds: float = 120.0, seed: int = 0, steps: int | None = None
+) -> Path:
+    """Train for about ``seconds`` (50 to 400 steps of the tiny recipe), or exactly ``steps`` when
+    given; return the saved folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import hf_paper_models  # noqa: F401  (registers the Auto classes)
@@ -45,7 +50,8 @@ def run_demo(output_dir: str = "runs/demo", seconds: float = 120.0, seed: int = 
                  "--eval_steps", "0", "--save_steps", "0", "--report_to", "none", "--seed", str(seed),
                  "--resume_from_checkpoint", "no"])
     per_step = (time.perf_counter() - started) / 10
-    steps = int(max(50, min(400, seconds / max(per_step, 1e-3))))
+    if steps is None:
+        steps = int(max(50, min(400, seconds / max(per_step, 1e-3))))
     print(f"\n[demo] ~{per_step:.2f} s per step here: training {steps} steps.\n")
     final = recipe.main(["--config", str(CONFIG), "--output_dir", output_dir, "--max_steps", str(steps),
                          "--seed", str(seed), "--resume_from_checkpoint", "no",

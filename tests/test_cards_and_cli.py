@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -81,3 +82,17 @@ def test_hfpm_average_checkpoints(tmp_path, capsys):
     assert main(["average-checkpoints", str(tmp_path / "run"), "--last", "5", "-o", str(tmp_path / "x")]) == 2
     assert "holds 3 complete checkpoint" in capsys.readouterr().err
     assert main(["average-checkpoints", str(tmp_path / "nowhere"), "-o", str(tmp_path / "y")]) == 2
+
+
+def test_hfpm_demo_leaves_a_hub_ready_folder(tmp_path, capsys):
+    """`make demo` end to end at a few steps: report, sample, and a folder that loads on its own."""
+    assert main(["demo", "--output-dir", str(tmp_path), "--steps", "3"]) == 0
+    report = json.loads((tmp_path / "demo.json").read_text())
+    assert report["steps"] == 3 and report["sample"]
+    assert report["validation_loss_final"] > 0 and report["validation_loss_after_10_steps"] > 0
+    final = tmp_path / "final"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md"):
+        assert (final / name).is_file(), name
+    model = transformers.AutoModelForCausalLM.from_pretrained(final)
+    assert model.config.model_type == "paper-gpt2"
+    assert "[demo] sample:" in capsys.readouterr().out
