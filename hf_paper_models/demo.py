@@ -31,6 +31,28 @@ def _load_recipe():
     return module
 
 
+def _seconds_per_step(run_dir: Path) -> float | None:
+    """Seconds per training step in the last logged window of a recipe run (None if not logged)."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return None
+    for events in sorted(run_dir.glob("runs/*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if "tokens_per_second" in accumulator.Tags().get("scalars", []):
+            tokens_per_second = accumulator.Scalars("tokens_per_second")[-1].value
+            config = _recipe_values()
+            return config["per_device_train_batch_size"] * config["block_size"] / tokens_per_second
+    return None
+
+
+def _recipe_values() -> dict:
+    import yaml
+
+    return yaml.safe_load(CONFIG.read_text())
+
+
 def run_demo(
     output_dir: str = "runs/demo", seconds: float = 120.0, seed: int = 0, steps: int | None = None
 ) -> Path:
@@ -43,13 +65,14 @@ def run_demo(
     from hf_paper_models.evaluation import perplexity
 
     recipe = _load_recipe()
-    # Calibrate: a few steps to measure the speed of this machine, then size the run to the budget.
+    # Calibrate: 20 steps to measure this machine's speed (the second logging window, after warm-up,
+    # from the run's TensorBoard log), then size the run to the budget.
     probe_dir = Path(output_dir) / "probe"
     started = time.perf_counter()
-    recipe.main(["--config", str(CONFIG), "--output_dir", str(probe_dir), "--max_steps", "10",
-                 "--eval_steps", "0", "--save_steps", "0", "--report_to", "none", "--seed", str(seed),
-                 "--resume_from_checkpoint", "no"])
-    per_step = (time.perf_counter() - started) / 10
+    recipe.main(["--config", str(CONFIG), "--output_dir", str(probe_dir), "--max_steps", "20",
+                 "--logging_steps", "10", "--eval_steps", "0", "--save_steps", "0", "--seed", str(seed),
+                 "--resume_from_checkpoint", "no"])  # fmt: skip
+    per_step = _seconds_per_step(probe_dir) or (time.perf_counter() - started) / 20
     if steps is None:
         steps = int(max(50, min(400, seconds / max(per_step, 1e-3))))
     print(f"\n[demo] ~{per_step:.2f} s per step here: training {steps} steps.\n")
@@ -68,15 +91,15 @@ def run_demo(
                             pad_token_id=tokenizer.pad_token_id)
     report = {
         "steps": steps,
-        "validation_perplexity_after_10_steps": before,
+        "validation_perplexity_after_20_steps": before,
         "validation_perplexity_final": after,
-        "validation_loss_after_10_steps": math.log(before),
+        "validation_loss_after_20_steps": math.log(before),
         "validation_loss_final": math.log(after),
         "sample": tokenizer.decode(sample[0], skip_special_tokens=True),
         "folder": str(final),
     }
     (Path(output_dir) / "demo.json").write_text(json.dumps(report, indent=2))
-    print(f"\n[demo] validation loss after 10 steps: {math.log(before):.3f} (perplexity {before:.1f})")
+    print(f"\n[demo] validation loss after 20 steps:  {math.log(before):.3f} (perplexity {before:.1f})")
     print(f"[demo] validation loss at the end:     {math.log(after):.3f} (perplexity {after:.1f})")
     print(f"[demo] sample: {report['sample']!r}")
     print(f"[demo] Hub-ready folder: {final} (model.safetensors, tokenizer, README.md, source files)")
