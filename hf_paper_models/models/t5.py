@@ -26,8 +26,9 @@ except the attention projections, which are the shared ``MultiHeadAttention``'s
 ``q_proj/k_proj/v_proj/out_proj`` (transformers: ``q/k/v/o``); ``conversions/t5.py`` renames them.
 
 The blocks are built to be reused (Switch Transformers, ``switch.py``): ``PaperT5LayerFF`` takes any
-feed-forward module, ``PaperT5Block.make_feed_forward`` and ``PaperT5Stack.make_block`` are the
-hooks to override.
+feed-forward module, ``PaperT5Block.make_feed_forward`` / ``make_feed_forward_layer`` and
+``PaperT5Stack.make_block`` are the hooks to override, and the models build their stacks from
+``stack_class``.
 """
 
 from __future__ import annotations
@@ -389,8 +390,9 @@ class PaperT5LayerCrossAttention(PaperT5Sublayer):
 
 
 class PaperT5LayerFF(PaperT5Sublayer):
-    """x + Dropout(FFN(LN(x))). ``feed_forward`` is any module mapping (b, n, d) -> (b, n, d)
-    (Switch Transformers puts its routed experts here); the default is T5's ReLU network."""
+    """x + Dropout(FFN(LN(x))). ``feed_forward`` is any module mapping (b, n, d) -> (b, n, d); the
+    default is T5's ReLU network. (Switch Transformers swaps the whole sub-layer, through
+    ``PaperT5Block.make_feed_forward_layer``, for one that names its FFN ``mlp`` as transformers does.)"""
 
     def __init__(self, config: PaperT5Config, feed_forward: nn.Module | None = None):
         super().__init__(config)
@@ -421,11 +423,15 @@ class PaperT5Block(GradientCheckpointingLayer):
         )
         if is_decoder:
             self.layer.append(PaperT5LayerCrossAttention(config, layer_idx))
-        self.layer.append(PaperT5LayerFF(config, self.make_feed_forward(config, layer_idx)))
+        self.layer.append(self.make_feed_forward_layer(config, layer_idx))
 
     def make_feed_forward(self, config: PaperT5Config, layer_idx: int) -> nn.Module:
         """The feed-forward network of this layer (override to swap it, e.g. for a Switch layer)."""
         return PaperT5DenseActDense(config)
+
+    def make_feed_forward_layer(self, config: PaperT5Config, layer_idx: int) -> nn.Module:
+        """The residual feed-forward sub-layer, ``layer[-1]`` (override to rename or rewrap it)."""
+        return PaperT5LayerFF(config, self.make_feed_forward(config, layer_idx))
 
     def forward(
         self,
@@ -611,6 +617,7 @@ class PaperT5PreTrainedModel(PaperPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [
         r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias"
     ]
+    stack_class = PaperT5Stack  # the encoder and decoder stacks (Switch Transformers swaps in its own)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -692,8 +699,8 @@ class PaperT5Model(PaperT5PreTrainedModel):
     def __init__(self, config: PaperT5Config):
         super().__init__(config)
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = PaperT5Stack(self.config, self.shared, is_decoder=False)
-        self.decoder = PaperT5Stack(self.config, self.shared, is_decoder=True)
+        self.encoder = self.stack_class(self.config, self.shared, is_decoder=False)
+        self.decoder = self.stack_class(self.config, self.shared, is_decoder=True)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -773,8 +780,8 @@ class PaperT5ForConditionalGeneration(PaperT5PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model_dim = config.d_model
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = PaperT5Stack(self.config, self.shared, is_decoder=False)
-        self.decoder = PaperT5Stack(self.config, self.shared, is_decoder=True)
+        self.encoder = self.stack_class(self.config, self.shared, is_decoder=False)
+        self.decoder = self.stack_class(self.config, self.shared, is_decoder=True)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.t5_init_std = 1.0  # it is the embedding matrix
         self.post_init()
@@ -877,7 +884,7 @@ class PaperT5EncoderModel(PaperT5PreTrainedModel):
     def __init__(self, config: PaperT5Config):
         super().__init__(config)
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = PaperT5Stack(self.config, self.shared, is_decoder=False)
+        self.encoder = self.stack_class(self.config, self.shared, is_decoder=False)
         self.post_init()
 
     def get_input_embeddings(self):

@@ -1,0 +1,469 @@
+"""Mixture-of-experts machinery shared by three papers, each configuring it its own way.
+
+- Jacobs, Jordan, Nowlan & Hinton (1991), "Adaptive mixtures of local experts": a dense softmax gate
+  ``p = softmax(x W_g)`` over every expert (``SoftmaxGate``); every expert sees every input.
+- Shazeer, Mirhoseini, Maziarz, Davis, Le, Hinton & Dean (2017), "Outrageously large neural networks:
+  the sparsely-gated mixture-of-experts layer": the noisy top-k gate
+  ``G(x) = Softmax(KeepTopK(H(x), k))``, ``H(x)_i = (x W_g)_i + StandardNormal() · Softplus((x W_noise)_i)``
+  (§2.1, ``NoisyTopKGate``); the importance loss ``w_importance · CV(Importance(X))²`` and the smooth
+  load loss ``w_load · CV(Load(X))²`` whose ``Load`` sums the normal-CDF probabilities
+  ``P(x, i) = Φ(((x W_g)_i − kth_excluding(H(x), k, i)) / Softplus((x W_noise)_i))`` (Appendix A).
+- Fedus, Zoph & Shazeer (2022), "Switch Transformers": top-1 routing (``SwitchRouter``) with an expert
+  capacity ``capacity_factor · tokens / experts``; tokens beyond it are dropped (the layer returns 0 for
+  them, so the residual carries them through unchanged); multiplicative jitter on the router input in
+  training; the router computed in float32 under bfloat16 ("selective precision", §2.4); the
+  load-balancing loss ``α · N · Σ_i f_i · P_i`` (§2.2, eq. 4-6); optionally "No-Token-Left-Behind"
+  re-routing of overflowed tokens to their next choice (Appendix); expert dropout (§3).
+
+Dispatch (``dispatch``) groups the (token, expert) assignments by expert with one stable sort and runs
+all experts as one grouped matrix multiply over the contiguous slices (``torch.nn.functional.grouped_mm``
+where the device has it, else a loop over the experts' slices): no Python loop over tokens, no
+``experts × tokens`` one-hot tensors, and the FLOPs are those of the kept tokens only, so the cost stays
+near a dense FFN of the same active FLOPs however many experts there are.
+
+Hub-exportable: only the standard library and ``torch``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ----------------------------------------------------------------------------------------------
+# Experts and dispatch
+# ----------------------------------------------------------------------------------------------
+
+
+def _grouped_mm_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``F.grouped_mm(x, weight)`` runs here: the function exists, the device has a kernel, and
+    the operands' strides are multiples of 16 bytes (the kernels' layout rule)."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    if any(stride * t.element_size() % 16 for t in (x, weight) for stride in t.stride() if stride != 1):
+        return False
+    if torch.compiler.is_compiling():  # its shape function (meta kernel) takes bfloat16 only
+        return x.dtype == torch.bfloat16 and x.device.type in ("cpu", "cuda")
+    if x.device.type == "cuda":  # documented for bfloat16 on compute capability 8.0 and above
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    # Some CPU kernels want 16-byte aligned operands (memory-mapped weights may not be).
+    return x.device.type == "cpu" and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0
+
+
+def _segments(offsets: torch.Tensor):
+    start = 0
+    for expert, end in enumerate(offsets.tolist()):  # one host sync, then contiguous slices
+        if end > start:
+            yield expert, start, end
+        start = end
+
+
+def _loop_forward(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    out = x.new_zeros(x.shape[0], weight.shape[-1])
+    for expert, start, end in _segments(offsets):
+        torch.mm(x[start:end], weight[expert], out=out[start:end])
+    return out
+
+
+def _loop_backward(
+    x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_x, grad_weight = torch.zeros_like(x), torch.zeros_like(weight)
+    for expert, start, end in _segments(offsets):
+        torch.mm(grad[start:end], weight[expert].t(), out=grad_x[start:end])
+        torch.mm(x[start:end].t(), grad[start:end], out=grad_weight[expert])
+    return grad_x, grad_weight
+
+
+# The per-expert loop as an opaque operator (forward and backward), so that ``torch.compile`` traces
+# through the layer without a graph break where ``grouped_mm`` is unavailable. The namespace is this
+# module's name: the copy saved beside a Hub checkpoint registers its own.
+_NAMESPACE = re.sub(r"\W", "_", __name__)
+_loop_op = torch.library.custom_op(f"{_NAMESPACE}::grouped_linear", _loop_forward, mutates_args=())
+_loop_backward_op = torch.library.custom_op(
+    f"{_NAMESPACE}::grouped_linear_backward", _loop_backward, mutates_args=()
+)
+
+
+@_loop_op.register_fake
+def _(x, weight, offsets):
+    return x.new_empty(x.shape[0], weight.shape[-1])
+
+
+@_loop_backward_op.register_fake
+def _(x, weight, offsets, grad):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _loop_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _loop_autograd(ctx, grad):
+    x, weight, offsets = ctx.saved_tensors
+    grad_x, grad_weight = _loop_backward_op(x, weight, offsets, grad.contiguous())
+    return grad_x, grad_weight, None
+
+
+_loop_op.register_autograd(_loop_autograd, setup_context=_loop_setup_context)
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Row block ``e`` of ``x`` (rows ``offsets[e-1]:offsets[e]``) times ``weight[e]``, for every expert.
+
+    ``weight`` is (experts, in, out): the layout the grouped kernels read directly and whose gradient
+    they write directly (no transposed copy of every expert's weights). Rows beyond ``offsets[-1]``
+    are left unspecified (the caller masks them). One grouped GEMM where available, else one matmul
+    per expert.
+    """
+    weight = weight.to(x.dtype)
+    if _grouped_mm_available(x, weight):
+        return F.grouped_mm(x, weight, offs=offsets)
+    return _loop_op(x, weight, offsets)
+
+
+class Experts(nn.Module):
+    """``num_experts`` feed-forward networks ``act(x W_i) W_o`` (no biases, as T5), stored stacked as
+    (in, out) matrices: ``wi`` is (experts, d_model, d_ff), ``wo`` (experts, d_ff, d_model) (the transpose
+    of ``nn.Linear``'s layout, which is what ``grouped_mm`` reads). ``dropout`` acts on the hidden
+    activations: the Switch paper's "expert dropout" when set above the model's rate (§3)."""
+
+    def __init__(self, num_experts: int, d_model: int, d_ff: int, activation: nn.Module, dropout: float = 0.0):
+        super().__init__()
+        self.num_experts = num_experts
+        self.wi = nn.Parameter(torch.empty(num_experts, d_model, d_ff))
+        self.wo = nn.Parameter(torch.empty(num_experts, d_ff, d_model))
+        self.act = activation
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(self.act(grouped_linear(x_sorted, self.wi, offsets)))
+        return grouped_linear(hidden, self.wo, offsets)
+
+
+def dispatch(
+    x: torch.Tensor,
+    expert_index: torch.Tensor,
+    combine_weights: torch.Tensor,
+    keep: torch.Tensor,
+    experts: Experts,
+) -> torch.Tensor:
+    """y_t = Σ_j combine_weights[t, j] · Expert_{expert_index[t, j]}(x_t) over the kept assignments.
+
+    ``x`` is (tokens, d); ``expert_index``, ``combine_weights`` and ``keep`` are (tokens, k). Dropped
+    assignments cost nothing and contribute 0. Shapes stay static (``torch.compile`` friendly): the
+    assignments are sorted by expert (dropped ones last) and the experts run over contiguous slices.
+    """
+    tokens, k = expert_index.shape
+    num_experts = experts.num_experts
+    flat_expert = torch.where(keep, expert_index, num_experts).reshape(-1)  # dropped -> after all experts
+    order = torch.argsort(flat_expert, stable=True)
+    sorted_expert = flat_expert[order]
+    kept_sorted = (sorted_expert < num_experts).unsqueeze(-1)
+    counts = torch.zeros(num_experts + 1, dtype=torch.long, device=x.device)
+    counts = counts.scatter_add_(0, sorted_expert, torch.ones_like(sorted_expert))[:num_experts]
+    offsets = torch.cumsum(counts, 0).to(torch.int32)
+    # Rows past offsets[-1] (dropped assignments) are never computed: zero them on the way in (their
+    # input gradient is unspecified) and on the way out, before anything multiplies them (their output
+    # is unspecified memory, possibly NaN, and 0 · NaN would reach the router's gradient).
+    x_sorted = x[order // k if k > 1 else order].masked_fill(~kept_sorted, 0.0)
+    y_sorted = torch.where(kept_sorted, experts(x_sorted, offsets), 0.0)
+    weights_sorted = combine_weights.reshape(-1)[order].unsqueeze(-1).to(y_sorted.dtype)
+    y_sorted = y_sorted * weights_sorted
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    y = y_sorted[inverse]
+    return (y.view(tokens, k, -1).sum(1) if k > 1 else y).to(x.dtype)
+
+
+def capacity_rank(
+    expert_index: torch.Tensor, group_index: torch.Tensor, num_experts: int, num_groups: int,
+    occupied: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's place in its expert's queue within its group, in token order (first come, first
+    served, as Mesh TensorFlow and transformers), plus ``occupied`` slots already taken.
+
+    Returns (rank per token, slots taken per (group, expert) afterwards, shape (groups·experts,)).
+    """
+    key = group_index * num_experts + expert_index
+    order = torch.argsort(key, stable=True)
+    counts = torch.zeros(num_groups * num_experts, dtype=torch.long, device=key.device)
+    counts = counts.scatter_add_(0, key, torch.ones_like(key))
+    starts = torch.cumsum(counts, 0) - counts
+    rank_sorted = torch.arange(key.numel(), device=key.device) - starts[key[order]]
+    rank = torch.empty_like(rank_sorted)
+    rank[order] = rank_sorted
+    if occupied is not None:
+        rank = rank + occupied[key]
+        counts = counts + occupied
+    return rank, counts
+
+
+# ----------------------------------------------------------------------------------------------
+# Gates
+# ----------------------------------------------------------------------------------------------
+
+
+class SoftmaxGate(nn.Module):
+    """Jacobs et al. (1991): p_i = exp(x·w_i) / Σ_j exp(x·w_j), a dense distribution over all experts."""
+
+    def __init__(self, input_size: int, num_experts: int, bias: bool = True):
+        super().__init__()
+        self.proj = nn.Linear(input_size, num_experts, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.proj(x), dim=-1)
+
+
+@dataclass
+class NoisyTopKOutput:
+    gates: torch.Tensor  # (tokens, experts): softmax over the k kept, exactly 0 elsewhere
+    top_k_index: torch.Tensor  # (tokens, k)
+    top_k_gates: torch.Tensor  # (tokens, k)
+    clean_logits: torch.Tensor  # x W_g
+    noisy_logits: torch.Tensor  # H(x)
+    noise_std: torch.Tensor  # Softplus(x W_noise)
+
+
+class NoisyTopKGate(nn.Module):
+    """Shazeer et al. (2017), §2.1: ``G(x) = Softmax(KeepTopK(H(x), k))`` with
+    ``H(x)_i = (x W_g)_i + StandardNormal() · Softplus((x W_noise)_i)``; KeepTopK sets all but the k
+    largest to −∞. The noise is drawn in training only (pass ``noise`` to fix it). Both matrices start
+    at zero, as in the paper (Appendix A: "initialize W_g and W_noise to all zeros")."""
+
+    def __init__(self, input_size: int, num_experts: int, k: int):
+        super().__init__()
+        if not 1 <= k <= num_experts:
+            raise ValueError(f"NoisyTopKGate: k={k} must be in [1, num_experts={num_experts}].")
+        self.k = k
+        self.num_experts = num_experts
+        self.w_gate = nn.Parameter(torch.zeros(num_experts, input_size))
+        self.w_noise = nn.Parameter(torch.zeros(num_experts, input_size))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> NoisyTopKOutput:
+        clean = F.linear(x, self.w_gate)
+        noise_std = F.softplus(F.linear(x, self.w_noise))
+        if noise is None and self.training:
+            noise = torch.randn_like(clean)
+        noisy = clean + noise * noise_std if noise is not None else clean
+        top_values, top_index = noisy.topk(self.k, dim=-1)
+        top_gates = torch.softmax(top_values, dim=-1)
+        gates = torch.zeros_like(noisy).scatter(-1, top_index, top_gates)
+        return NoisyTopKOutput(gates, top_index, top_gates, clean, noisy, noise_std)
+
+
+class SwitchRouter(nn.Module):
+    """Fedus et al. (2022), §2.1-2.4: p(x) = softmax(x W_r), computed in float32 whatever the model's
+    dtype or autocast ("selective precision"); in training the router's input is multiplied by
+    uniform noise in [1 − ε, 1 + ε] (router jitter; the experts see the clean input).
+
+    ``weight`` is (experts, d_model), a bare parameter rather than an ``nn.Linear`` so that adapters
+    targeting linear layers (LoRA "all-linear") leave the router alone and it stays a float32 matmul.
+    """
+
+    def __init__(self, d_model: int, num_experts: int, jitter_noise: float = 0.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, d_model))
+        self.jitter_noise = jitter_noise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Router logits, float32, shaped like ``x`` with the last dimension = experts."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            if self.training and self.jitter_noise > 0:
+                x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+            return F.linear(x, self.weight.float())
+
+
+# ----------------------------------------------------------------------------------------------
+# Auxiliary losses
+# ----------------------------------------------------------------------------------------------
+
+
+def cooperative_loss(expert_outputs: torch.Tensor, target: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Jacobs et al. (1991), eq. 1: E = ‖d − Σ_i p_i o_i‖², the blended output's error (mean over cases),
+    which couples the experts: each one is pushed to cancel the others' residual error.
+
+    ``expert_outputs`` is (..., experts, dim), ``target`` (..., dim), ``gates`` (..., experts).
+    """
+    blended = (gates.unsqueeze(-1) * expert_outputs).sum(-2)
+    return (target - blended).pow(2).sum(-1).mean()
+
+
+def competitive_loss(expert_outputs: torch.Tensor, target: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Jacobs et al. (1991), eq. 1.3: E = −log Σ_i p_i exp(−½‖d − o_i‖²) (mean over cases), the negative
+    log-likelihood of a mixture of unit Gaussians: each expert is pulled towards the whole target in
+    proportion to its posterior responsibility, so experts compete and specialise. Shapes as
+    ``cooperative_loss``."""
+    squared = (target.unsqueeze(-2) - expert_outputs).pow(2).sum(-1)
+    log_gates = torch.log(gates.clamp_min(torch.finfo(gates.dtype).tiny))
+    return -torch.logsumexp(log_gates - 0.5 * squared, dim=-1).mean()
+
+
+def cv_squared(values: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """The squared coefficient of variation, Var(v) / Mean(v)² (population variance), of a vector."""
+    values = values.float()
+    if values.numel() <= 1:
+        return values.new_zeros(())
+    return values.var(unbiased=False) / (values.mean() ** 2 + eps)
+
+
+def importance_loss(gates: torch.Tensor) -> torch.Tensor:
+    """Shazeer et al. (2017), eq. 6-7 without the weight: CV(Importance(X))², Importance = Σ_x G(x)."""
+    return cv_squared(gates.reshape(-1, gates.shape[-1]).sum(0))
+
+
+def smooth_load(gate: NoisyTopKOutput, k: int) -> torch.Tensor:
+    """Appendix A: Load(X)_i = Σ_x Φ(((x W_g)_i − kth_excluding(H(x), k, i)) / Softplus((x W_noise)_i)).
+
+    kth_excluding(H(x), k, i), the k-th largest of the other components, is the (k+1)-th largest of all
+    when expert i is among the top k, and the k-th largest when it is not.
+    """
+    clean, noisy, std = (t.reshape(-1, t.shape[-1]).float() for t in (gate.clean_logits, gate.noisy_logits,
+                                                                      gate.noise_std))
+    num_experts = noisy.shape[-1]
+    top = noisy.topk(min(k + 1, num_experts), dim=-1).values
+    kth = top[:, k - 1 : k]
+    kth_plus_one = top[:, k : k + 1] if k < num_experts else torch.full_like(kth, -math.inf)
+    in_top_k = noisy >= kth
+    threshold = torch.where(in_top_k, kth_plus_one, kth)
+    normal = torch.distributions.Normal(torch.zeros((), device=noisy.device), torch.ones((), device=noisy.device))
+    return normal.cdf((clean - threshold) / std.clamp_min(1e-9)).sum(0)
+
+
+def load_loss(gate: NoisyTopKOutput, k: int) -> torch.Tensor:
+    """Shazeer et al. (2017), eq. 11 without the weight: CV(Load(X))²."""
+    return cv_squared(smooth_load(gate, k))
+
+
+def load_balancing_loss(probs: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
+    """Fedus et al. (2022), eq. 4-6 without α: N · Σ_i f_i · P_i, f_i the fraction of tokens whose top
+    choice is expert i (before capacity), P_i the mean router probability of expert i.
+
+    ``probs`` is (groups, tokens, experts), ``expert_index`` (groups, tokens); computed per group (a
+    sequence) and averaged over the groups, as Mesh TensorFlow and transformers do. 1 at perfect balance.
+    """
+    num_experts = probs.shape[-1]
+    fraction = F.one_hot(expert_index, num_experts).float().mean(-2)
+    mean_prob = probs.float().mean(-2)
+    return num_experts * (fraction * mean_prob).sum(-1).mean()
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Zoph et al. (2022, ST-MoE) eq. 5, which transformers' Switch carries: mean over tokens of
+    (log Σ_i exp(logit_i))²."""
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# The Switch layer
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RouterStats:
+    """What one MoE layer reports after its forward pass, for the loss and for logging."""
+
+    aux_loss: torch.Tensor  # the weighted auxiliary loss this layer adds to the objective
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # unweighted components, by name
+    expert_load: torch.Tensor | None = None  # (experts,) fraction of tokens routed to each expert
+    dropped_fraction: torch.Tensor | None = None  # fraction of tokens no expert processed
+    router_logits: torch.Tensor | None = None  # (..., experts), float32
+
+
+def expert_capacity(tokens_per_group: int, num_experts: int, capacity_factor: float) -> int:
+    """§2.2: expert capacity = (tokens per batch / number of experts) × capacity factor (per group)."""
+    return max(1, math.ceil(tokens_per_group * capacity_factor / num_experts))
+
+
+class SwitchFeedForward(nn.Module):
+    """A Switch layer (Fedus et al. 2022, Figure 2): route each token to its top-1 expert, scale the
+    expert's output by the router probability, drop tokens over the expert's capacity (output 0).
+
+    Groups are the rows of the input (one sequence each); the capacity holds per group: ``capacity`` if
+    given (tokens per expert and group, transformers' ``expert_capacity``), else
+    ``ceil(capacity_factor · tokens / experts)`` with ``capacity_factor`` in training and
+    ``eval_capacity_factor`` in evaluation (``None``: no token is dropped). ``reroute_overflow``: tokens
+    over capacity at their first choice try their second choice ("No-Token-Left-Behind").
+
+    After each forward pass ``self.stats`` holds a ``RouterStats`` (load-balancing and z losses).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        num_experts: int,
+        activation: nn.Module,
+        *,
+        capacity_factor: float = 1.0,
+        eval_capacity_factor: float | None = None,
+        capacity: int | None = None,
+        jitter_noise: float = 0.0,
+        expert_dropout: float = 0.0,
+        aux_loss_coef: float = 0.01,
+        z_loss_coef: float = 0.0,
+        reroute_overflow: bool = False,
+    ):
+        super().__init__()
+        self.num_experts = num_experts
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.capacity = capacity
+        self.aux_loss_coef = aux_loss_coef
+        self.z_loss_coef = z_loss_coef
+        self.reroute_overflow = reroute_overflow
+        self.router = SwitchRouter(d_model, num_experts, jitter_noise)
+        self.experts = Experts(num_experts, d_model, d_ff, activation, expert_dropout)
+        self.stats: RouterStats | None = None
+
+    def group_capacity(self, tokens_per_group: int) -> int | None:
+        if self.capacity is not None:
+            return self.capacity
+        factor = self.capacity_factor if self.training else self.eval_capacity_factor
+        return None if factor is None else expert_capacity(tokens_per_group, self.num_experts, factor)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shape = hidden_states.shape
+        groups, group_size = (shape[0], shape[1]) if len(shape) == 3 else (1, shape[0])
+        x = hidden_states.reshape(-1, shape[-1])
+        logits = self.router(x)  # float32
+        probs = torch.softmax(logits, dim=-1)
+        gate, expert = probs.max(dim=-1)
+        expert_index, gates = expert.unsqueeze(-1), gate.unsqueeze(-1)
+        keep = torch.ones_like(expert_index, dtype=torch.bool)
+        capacity = self.group_capacity(group_size)
+        if capacity is not None:
+            group = torch.arange(groups, device=x.device).repeat_interleave(group_size)
+            rank, taken = capacity_rank(expert, group, self.num_experts, groups)
+            keep = (rank < capacity).unsqueeze(-1)
+            if self.reroute_overflow:  # No-Token-Left-Behind: overflow goes to the next-best expert
+                second = probs.masked_fill(F.one_hot(expert, self.num_experts).bool(), -1.0).argmax(-1)
+                kept_first = keep.squeeze(-1)
+                occupied = torch.minimum(taken, torch.full_like(taken, capacity))
+                # Only the overflowed tokens queue at their second choice, behind the first-choice tokens.
+                second_group = torch.where(kept_first, groups, group)  # kept tokens: a dummy group
+                rank2, _ = capacity_rank(second, second_group, self.num_experts, groups + 1,
+                                         torch.cat([occupied, occupied.new_zeros(self.num_experts)]))
+                moved = ~kept_first & (rank2 < capacity)
+                expert_index = torch.where(moved, second, expert).unsqueeze(-1)
+                gates = torch.where(moved, probs.gather(-1, second.unsqueeze(-1)).squeeze(-1), gate).unsqueeze(-1)
+                keep = (kept_first | moved).unsqueeze(-1)
+        # The combine weights go back to the model's dtype ("recast to bfloat16", §2.4).
+        out = dispatch(x, expert_index, gates.to(x.dtype), keep, self.experts)
+
+        grouped_probs = probs.view(groups, group_size, -1)
+        balance = load_balancing_loss(grouped_probs, expert.view(groups, group_size))
+        z_loss = router_z_loss(logits)
+        self.stats = RouterStats(
+            aux_loss=self.aux_loss_coef * balance + self.z_loss_coef * z_loss,
+            losses={"load_balancing": balance, "router_z": z_loss},
+            expert_load=F.one_hot(expert, self.num_experts).float().mean(0).detach(),
+            dropped_fraction=1.0 - keep.float().mean().detach(),
+            router_logits=logits.view(*shape[:-1], -1),
+        )
+        return out.view(shape)
