@@ -1,4 +1,4 @@
-"""``hfpm``: the zoo's command line (list, card, convert, average-checkpoints, demo)."""
+"""``hfpm``: the zoo's command line (list, card, convert, average-checkpoints, align, demo)."""
 
 from __future__ import annotations
 
@@ -113,6 +113,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    """Translate a sentence with a saved sequence-to-sequence model and draw its alignment matrix as a PNG
+    (Bahdanau et al. 2015, Figure 3)."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    import hf_paper_models  # noqa: F401  (registers the model types)
+
+    from .evaluation.alignment import plot_alignment
+
+    if not Path(args.model).is_dir():
+        raise ValueError(f"{args.model} is not a folder holding a saved model.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"No tokenizer in {args.tokenizer or args.model} (pass --tokenizer): {err}") from err
+    model = AutoModelForSeq2SeqLM.from_pretrained(args.model)
+    alignment = plot_alignment(
+        model, tokenizer, args.source, args.output, num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    rows, columns = alignment.weights.shape
+    print(f"{alignment.translation}\nalignment ({rows} target x {columns} source tokens) -> {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfpm", description="hf_paper_models: the papers' models as transformers models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("--last", type=int, default=None, help="average the last N checkpoint-* of one run folder")
     average.add_argument("--config-from", default=None, help="copy config/tokenizer from this save_pretrained folder")
     average.set_defaults(func=cmd_average)
+    align = sub.add_parser("align", help="draw a translation's alignment matrix as a PNG (RNNsearch Fig. 3)")
+    align.add_argument("model", help="a saved sequence-to-sequence model folder (e.g. a recipe's final/)")
+    align.add_argument("source", help="the source sentence")
+    align.add_argument("--output", "-o", default="alignment.png")
+    align.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder)")
+    align.add_argument("--num-beams", type=int, default=1)
+    align.add_argument("--max-new-tokens", type=int, default=None)
+    align.set_defaults(func=cmd_align)
     demo = sub.add_parser("demo", help="train a tiny GPT-2 on the embedded corpus and save it")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--seconds", type=float, default=120.0)

@@ -29,6 +29,13 @@ What the Transformer recipe does, after the paper (§5):
   input + 50 (§6.1), then sacrebleu BLEU on the test split, overall and by source length
   (``output_dir/bleu.json``; TensorBoard ``test_bleu``).
 
+RNNsearch and RNNencdec (Bahdanau et al. 2015; presets ``rnnsearch-30/-50``, ``rnnencdec-30/-50``,
+``training/configs/rnnsearch_tiny.yaml`` and ``rnnencdec_tiny.yaml``) use the same loop with the paper's
+own choices (§4.2, Appendix B.2): training pairs of up to ``max_train_sentence_length`` words (30 or 50,
+from the preset; validation and test pairs are not cut), plain negative log-likelihood (no label
+smoothing), the gradient norm clipped at 1 and minibatches of 80 pairs; the paper's Adadelta (ρ = 0.95,
+ε = 10^-6) is ``--optimizer adadelta`` (the tiny configs use Adam, and say why).
+
 Runs resume from the latest checkpoint in ``output_dir`` (``--resume_from_checkpoint no`` to start
 afresh); the trained model and tokenizer land in ``output_dir/final``. The loop is
 ``hf_paper_models.training_utils.train_loop`` (progress bar, TensorBoard, accelerate).
@@ -184,6 +191,13 @@ class TranslationArguments:
                   "replaces learning_rate and lr_scheduler_type."},
     )  # fmt: skip
     lr_scale: float = field(default=1.0, metadata={"help": "Factor on the paper's learning rate."})
+    optimizer: Literal["adamw", "adadelta"] = field(
+        default="adamw",
+        metadata={"help": "adamw (adam_* and weight_decay), or adadelta with adadelta_rho/adadelta_epsilon "
+                  "and learning_rate (RNNsearch, Appendix B.2: ρ = 0.95, ε = 1e-6)."},
+    )  # fmt: skip
+    adadelta_rho: float = 0.95
+    adadelta_epsilon: float = 1e-6
     average_last_checkpoints: int = field(
         default=0,
         metadata={"help": "Average the last N checkpoints into output_dir/averaged (§6.1); 0/1: off."},
@@ -212,6 +226,9 @@ class TranslationArguments:
             raise ValueError("TranslationArguments: `average_last_checkpoints` must be >= 0.")
         if self.lr_scale <= 0:
             raise ValueError(f"TranslationArguments: `lr_scale` must be > 0, got {self.lr_scale}.")
+        if self.optimizer == "adadelta" and self.paper_schedule:
+            raise ValueError("TranslationArguments: `paper_schedule` is the Transformer's Adam schedule; "
+                             "it does not combine with optimizer=adadelta.")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,6 +352,19 @@ def load_pairs(data_args: DataArguments, seed: int) -> dict[str, Any]:
 def _split_translation(batch: dict[str, list], column: str, source: str, target: str) -> dict[str, list[str]]:
     """WMT-style ``{lang: text}`` rows -> ``source`` and ``target`` columns."""
     return {"source": [t[source] for t in batch[column]], "target": [t[target] for t in batch[column]]}
+
+
+def within_sentence_length(dataset: Any, max_words: int | None) -> Any:
+    """The pairs whose source and target have at most ``max_words`` words (RNNsearch-30/-50 train on
+    "sentences of length up to 30 [50] words", §4.2); all pairs when ``max_words`` is None."""
+    if max_words is None:
+        return dataset
+
+    def short(batch: dict[str, list[str]]) -> list[bool]:
+        pairs = zip(batch["source"], batch["target"])
+        return [max(len(s.split()), len(t.split())) <= max_words for s, t in pairs]
+
+    return dataset.filter(short, batched=True, desc=f"sentences of <= {max_words} words")
 
 
 def tokenize_pairs(dataset: Any, tokenizer: PreTrainedTokenizerBase, split: str) -> Any:
@@ -550,6 +580,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with accelerator.main_process_first():
         tokenizer = load_tokenizer(model_args, loop_args.output_dir, config.max_position_embeddings)
         pairs = load_pairs(data_args, loop_args.seed)
+        max_words = getattr(config, "max_train_sentence_length", None)  # RNNsearch-30/-50 (§4.2)
+        pairs["train"] = within_sentence_length(pairs["train"], max_words)
         data = {split: tokenize_pairs(pairs[split], tokenizer, split) for split in ("train", "validation")}
     limits = (data_args.max_source_length, data_args.max_target_length)
     for split in ("train", "validation"):  # pairs longer than the limits are skipped (the test set is not)
@@ -573,7 +605,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, padding=True)
     train_loader, eval_loader = make_loaders(data, collator, loop_args, data_args)
-    optimizer = build_optimizer(model, loop_args)
+    if args.optimizer == "adadelta":
+        optimizer = torch.optim.Adadelta(
+            model.parameters(), lr=loop_args.learning_rate, rho=args.adadelta_rho, eps=args.adadelta_epsilon,
+            weight_decay=loop_args.weight_decay,
+        )  # fmt: skip
+    else:
+        optimizer = build_optimizer(model, loop_args)
     if args.paper_schedule:
         scheduler = learning_rate_schedule(
             optimizer, d_model=config.hidden_size, warmup_steps=loop_args.warmup_steps, scale=args.lr_scale
