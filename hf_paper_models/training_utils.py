@@ -134,6 +134,16 @@ class TrainingLoopArguments:
         default=None,
         metadata={"help": "Testing aid: SIGKILL the process right after this step (simulates a preemption)."},
     )
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={"help": "Also stop after this many seconds of training (evaluation and checkpoints not "
+                  "counted; a resumed session counts afresh), for equal-time comparisons; None: no limit."},
+    )  # fmt: skip
+    train_clock: str = field(
+        default="wall",
+        metadata={"help": "Clock of max_train_seconds: 'wall', or 'process' (this process's CPU time, "
+                  "which other load on a shared machine does not inflate)."},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if isinstance(self.lr_scheduler_kwargs, str):
@@ -167,6 +177,9 @@ class TrainingLoopArguments:
         _require(self, "report_to", self.report_to in ("tensorboard", "none"), "'tensorboard' or 'none'")
         if self.max_eval_batches is not None:
             _require(self, "max_eval_batches", self.max_eval_batches >= 1, "an integer >= 1 or None")
+        if self.max_train_seconds is not None:
+            _require(self, "max_train_seconds", self.max_train_seconds > 0, "a number > 0 or None")
+        _require(self, "train_clock", self.train_clock in ("wall", "process"), "'wall' or 'process'")
 
 
 def _require(args: Any, name: str, ok: bool, what: str) -> None:
@@ -449,6 +462,7 @@ class TrainResult:
     train_loss: float | None  # mean over the last logging interval
     eval_loss: float | None
     history: list[dict[str, float]]  # what was logged, step by step (this session only)
+    train_seconds: float = 0.0  # training time of this session on ``args.train_clock`` (pauses excluded)
 
 
 def _release(dataloader: Any) -> None:
@@ -505,8 +519,9 @@ def train_loop(
     """Train ``model`` for ``args.max_steps`` optimizer steps of ``loss_fn`` over ``train_dataloader``.
 
     ``model`` and the data loaders are plain (unprepared); the optimizer and schedule default to
-    ``build_optimizer``/``build_scheduler``. Resumes from a checkpoint as ``args.resume_from_checkpoint``
-    says, checkpoints every ``save_steps`` and at the end, evaluates every ``eval_steps`` and at the end.
+    ``build_optimizer``/``build_scheduler``; ``args.max_train_seconds`` may end the run earlier. Resumes
+    from a checkpoint as ``args.resume_from_checkpoint`` says, checkpoints every ``save_steps`` and at the
+    end, evaluates every ``eval_steps`` and at the end.
     Returns the prepared model with the last logged losses. Call ``accelerator.end_training()`` last of
     all (after ``save_final``): it closes the trackers and the process group.
     """
@@ -552,9 +567,13 @@ def train_loop(
             accelerator, args.output_dir, at, {"epoch": at // steps_per_epoch}, args.save_total_limit
         )
 
+    clock = time.process_time if args.train_clock == "process" else time.perf_counter
+    clock_start, clock_paused = clock(), 0.0  # training time = clock() - clock_start - clock_paused
+
     model.train()
     epoch = step // steps_per_epoch
-    while step < args.max_steps:
+    out_of_time = False
+    while step < args.max_steps and not out_of_time:
         # Resume mid-epoch: the same permutation as the uninterrupted run, minus the consumed batches.
         skip = (step - epoch * steps_per_epoch) * args.gradient_accumulation_steps
         loader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
@@ -588,7 +607,15 @@ def train_loop(
             micro = 0
             progress.update(1)
 
-            if step % args.logging_steps == 0 or step == args.max_steps:
+            out_of_time = (
+                args.max_train_seconds is not None
+                and clock() - clock_start - clock_paused >= args.max_train_seconds
+            )
+            if args.max_train_seconds is not None and accelerator.num_processes > 1:  # stop together
+                flag = torch.tensor(float(out_of_time), device=accelerator.device)
+                out_of_time = bool(accelerator.reduce(flag, "max").item())
+            final = step == args.max_steps or out_of_time
+            if step % args.logging_steps == 0 or final:
                 means = accelerator.reduce(torch.stack([window_loss, *extra_sums.values()]), "mean")
                 means = (means / window_micro).tolist()
                 tokens = accelerator.reduce(
@@ -606,8 +633,7 @@ def train_loop(
                 extra_sums = {}
                 window_micro, window_tokens, window_start = 0, 0, time.perf_counter()
 
-            final = step == args.max_steps
-            paused = time.perf_counter()
+            paused, clock_pause_start = time.perf_counter(), clock()
             if eval_dataloader is not None and (final or (args.eval_steps and step % args.eval_steps == 0)):
                 eval_metrics = evaluate(accelerator, model, eval_dataloader, loss_fn, args.max_eval_batches)
                 if eval_metrics:
@@ -618,6 +644,7 @@ def train_loop(
             if final or (args.save_steps and step % args.save_steps == 0):
                 checkpoint(step)
             window_start += time.perf_counter() - paused  # tokens/s counts training only
+            clock_paused += clock() - clock_pause_start
             if args.interrupt_at_step is not None and step == args.interrupt_at_step:
                 accelerator.print(f"interrupt_at_step={step}: killing this process.", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -628,8 +655,9 @@ def train_loop(
 
     progress.close()
     return TrainResult(
-        model=model, step=step, train_loss=last_loss, eval_loss=eval_metrics.get("eval_loss"), history=history
-    )
+        model=model, step=step, train_loss=last_loss, eval_loss=eval_metrics.get("eval_loss"), history=history,
+        train_seconds=clock() - clock_start - clock_paused,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------

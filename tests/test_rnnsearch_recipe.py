@@ -118,3 +118,91 @@ def test_hfpm_align(runs, tmp_path, capsys):
     )
     assert "no alignment model" in capsys.readouterr().err
     assert main(["align", str(tmp_path / "missing"), "a man .", "-o", str(tmp_path / "y.png")]) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Equal-time training and the Figure 2 reproduction (reproductions/rnnsearch_length.py)
+# ----------------------------------------------------------------------------------------------
+
+REPRODUCTION = ROOT / "reproductions" / "rnnsearch_length.py"
+
+
+def test_a_time_budget_ends_the_run_after_the_step_that_spends_it(tmp_path):
+    """``--max_train_seconds``: a budget smaller than one step stops the run after its first step, which is
+    checkpointed and saved like a last step; the summary says how long training took."""
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    command = [sys.executable, str(SCRIPT), "--config", str(CONFIGS / "rnnsearch_tiny.yaml"), *TINY,
+               "--max_steps", "50", "--max_train_seconds", "1e-9", "--train_clock", "process",
+               "--skip_bleu", "true", "--report_to", "none",
+               "--tokenizer_cache_dir", str(cache / "tokenizers"), "--output_dir", str(out)]  # fmt: skip
+    _run(cache, command)
+    summary = json.loads((out / "bleu.json").read_text())
+    assert summary["step"] == 1 and summary["train_clock"] == "process" and summary["train_seconds"] > 0
+    assert (out / "checkpoint-1").is_dir() and (out / "final" / "model.safetensors").is_file()
+
+
+def _reproduction():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rnnsearch_length", REPRODUCTION)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pooled_bleu_is_sacrebleu_on_the_sentences_in_the_span():
+    import sacrebleu
+
+    reproduction = _reproduction()
+    sources = ["a b c d e", "a " * 29 + "a", "a " * 79 + "a", "b " * 81]  # 5, 30, 80, 81 words
+    hypotheses = ["the cat sat on the mat", "a dog ran in the park today", "x y z w", "one two three four"]
+    references = ["the cat sat on a mat", "a dog ran in the park", "x y z w", "one two three five"]
+    bleu, count = reproduction.pooled_bleu(sources, hypotheses, references, (30, 81))
+    expected = sacrebleu.corpus_bleu(hypotheses[1:3], [references[1:3]]).score  # 81 words: outside [30, 81)
+    assert count == 2 and bleu == pytest.approx(expected)
+    assert reproduction.pooled_bleu(sources, hypotheses, references, (6, 29)) == (None, 0)
+
+
+def test_the_figure_2_rule():
+    reproduction = _reproduction()
+
+    def result(short, long):
+        return {"test": {"short_bleu": short, "long_bleu": long, "bleu": (short + long) / 2}}
+
+    # RNNsearch keeps 15/20 = 75%, RNNencdec 5/25 = 20%: the claim holds.
+    assert reproduction.length_claim(result(20.0, 15.0), result(25.0, 5.0))["holds"]
+    # Higher on long sentences but falling faster than the baseline: it does not.
+    decided = reproduction.length_claim(result(40.0, 10.0), result(10.0, 8.0))
+    assert (
+        decided["rnnsearch_higher_on_long"] and not decided["rnnsearch_keeps_more"] and not decided["holds"]
+    )
+    # Lower on long sentences: it does not.
+    assert not reproduction.length_claim(result(10.0, 5.0), result(30.0, 6.0))["holds"]
+    assert reproduction.transformer_claim(result(10.0, 5.0), result(12.0, 6.0))["holds"]
+
+
+def test_reproduction_smoke_figure_2_and_the_transformer(tmp_path):
+    _run(tmp_path / "cache", [sys.executable, str(REPRODUCTION), "--smoke", "--transformer", "--threads", "1",
+                              "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    out = tmp_path / "out"
+    length = json.loads((out / "rnnsearch_length.json").read_text())
+    versus = json.loads((out / "rnnsearch_vs_transformer.json").read_text())
+    assert length["smoke"] and set(length["models"]) == {"rnnsearch", "rnnencdec"}
+    assert set(versus["models"]) == {"rnnsearch", "transformer"}
+    for result in (length, versus):
+        assert isinstance(result["holds"], bool) and {"claim", "rule", "settings"} <= result.keys()
+        for model in result["models"].values():
+            assert model["steps"] == 3 and model["train_clock"] == "process"
+            test = model["test"]
+            assert (
+                test["count"] == 12
+                and 0.0 <= test["bleu"] <= 100.0
+                and {"short_bleu", "long_bleu"} <= test.keys()
+            )
+            spans = [(b["min_length"], b["max_length"]) for b in test["by_length"]]
+            assert spans == [(5, 9), (10, 19), (20, 29), (30, 39), (40, 59), (60, 80)]
+            assert sum(b["count"] for b in test["by_length"]) == 12  # every test sentence has 5-80 words
+    assert length["models"]["rnnsearch"]["test"] == versus["models"]["rnnsearch"]["test"]  # one RNNsearch run
+    for name in ("rnnsearch_length", "rnnsearch_vs_transformer"):
+        assert (out / f"{name}.png").read_bytes().startswith(PNG_SIGNATURE)

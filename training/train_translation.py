@@ -637,6 +637,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model_type": config.model_type,
         "parameters": model.num_parameters(),
         "step": result.step,
+        "train_seconds": result.train_seconds,
+        "train_clock": loop_args.train_clock,
         "train_loss": result.train_loss,
         "eval_loss": result.eval_loss,
         "eval_perplexity": math.exp(min(result.eval_loss, 50.0)) if result.eval_loss is not None else None,
