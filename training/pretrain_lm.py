@@ -1,5 +1,5 @@
-"""Causal-LM pretraining for GPT-1, GPT-2 and GPT-3 (ZOO.md §3): next-token prediction, the objective
-of all three papers (GPT-1 §3.1 L1(U) = Σ log P(u_i | u_{i-k}, ..., u_{i-1}; Θ)).
+"""Causal-LM pretraining for GPT-1, GPT-2, GPT-3 and MoE-LSTM (ZOO.md §3; any causal-LM preset):
+next-token prediction, the objective of these papers (GPT-1 §3.1 L1(U) = Σ log P(u_i | u_{i-k}, ..., u_{i-1}; Θ)).
 
     python training/pretrain_lm.py --config training/configs/gpt2_tiny.yaml
     python training/pretrain_lm.py --config training/configs/gpt2_tiny.yaml --max_steps 20 --output_dir runs/x
@@ -222,9 +222,23 @@ def build_datasets(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase,
     return blocks
 
 
-def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy; the model shifts ``labels`` by one position itself."""
-    return model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+def causal_lm_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean next-token cross-entropy; the model shifts ``labels`` by one position itself. A mixture-of-
+    experts model (MoE-LSTM) adds its auxiliary loss to the loss in training and reports it: logged beside
+    the loss, with its unweighted parts and the least and most loaded expert's share of the tokens."""
+    out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+    if getattr(out, "aux_loss", None) is None:
+        return out.loss
+    extras = {"aux_loss": out.aux_loss}
+    for name in ("importance_loss", "load_loss"):
+        if getattr(out, name, None) is not None:
+            extras[name] = getattr(out, name)
+    load = getattr(out, "expert_load", None)
+    if load is not None:
+        extras["expert_load_min"], extras["expert_load_max"] = load.min(), load.max()
+    return out.loss, extras
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -57,6 +57,18 @@ def check_activation(config: Any, name: str) -> None:
     check_choice(config, name, ACT2FN.keys())
 
 
+def check_special_token_ids(config: Any, names: Iterable[str] = ("bos_token_id", "eos_token_id", "pad_token_id")) -> None:
+    """Each special token id (an int, a list of ints or None) must lie in [0, vocab_size)."""
+    for name in names:
+        value = getattr(config, name)
+        ids = value if isinstance(value, list) else [value]
+        if any(i is not None and not 0 <= i < config.vocab_size for i in ids):
+            raise ValueError(
+                f"{type(config).__name__}: `{name}`={value!r} is outside the vocabulary "
+                f"[0, {config.vocab_size - 1}]."
+            )
+
+
 def check_heads(config: Any) -> None:
     """Heads must tile the hidden size unless the paper decouples ``head_dim`` (GPT-3)."""
     check_int(config, "hidden_size")
@@ -247,11 +259,4 @@ class PaperDecoderConfig(PreTrainedConfig):
         check_positive_float(self, "layer_norm_epsilon")
         check_positive_float(self, "initializer_range")
         check_activation(self, "activation_function")
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            ids = value if isinstance(value, list) else [value]
-            if any(i is not None and not 0 <= i < self.vocab_size for i in ids):
-                raise ValueError(
-                    f"{type(self).__name__}: `{name}`={value!r} is outside the vocabulary "
-                    f"[0, {self.vocab_size - 1}]."
-                )
+        check_special_token_ids(self)

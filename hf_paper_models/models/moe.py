@@ -247,13 +247,21 @@ class NoisyTopKGate(nn.Module):
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> NoisyTopKOutput:
         clean = F.linear(x, self.w_gate)
         noise_std = F.softplus(F.linear(x, self.w_noise))
-        if noise is None and self.training:
-            noise = torch.randn_like(clean)
-        noisy = clean + noise * noise_std if noise is not None else clean
-        top_values, top_index = noisy.topk(self.k, dim=-1)
-        top_gates = torch.softmax(top_values, dim=-1)
-        gates = torch.zeros_like(noisy).scatter(-1, top_index, top_gates)
-        return NoisyTopKOutput(gates, top_index, top_gates, clean, noisy, noise_std)
+        return noisy_top_k(clean, noise_std, self.k, noise, self.training)
+
+
+def noisy_top_k(
+    clean: torch.Tensor, noise_std: torch.Tensor, k: int, noise: torch.Tensor | None = None, training: bool = False
+) -> NoisyTopKOutput:
+    """§2.1 from the gate's two projections: H = clean + StandardNormal() · noise_std (noise drawn in
+    training unless given), keep the top k of H, softmax over them, 0 elsewhere."""
+    if noise is None and training:
+        noise = torch.randn_like(clean)
+    noisy = clean + noise * noise_std if noise is not None else clean
+    top_values, top_index = noisy.topk(k, dim=-1)
+    top_gates = torch.softmax(top_values, dim=-1)
+    gates = torch.zeros_like(noisy).scatter(-1, top_index, top_gates)
+    return NoisyTopKOutput(gates, top_index, top_gates, clean, noisy, noise_std)
 
 
 class SwitchRouter(nn.Module):
@@ -318,7 +326,13 @@ def importance_loss(gates: torch.Tensor) -> torch.Tensor:
 
 
 def smooth_load(gate: NoisyTopKOutput, k: int) -> torch.Tensor:
-    """Appendix A: Load(X)_i = Σ_x Φ(((x W_g)_i − kth_excluding(H(x), k, i)) / Softplus((x W_noise)_i)).
+    """Appendix A: Load(X)_i = Σ_x Φ(((x W_g)_i − kth_excluding(H(x), k, i)) / Softplus((x W_noise)_i))."""
+    return load_probabilities(gate, k).sum(0)
+
+
+def load_probabilities(gate: NoisyTopKOutput, k: int) -> torch.Tensor:
+    """Appendix A, the summand of Load: P(x, i) = Φ(((x W_g)_i − kth_excluding(H(x), k, i)) /
+    Softplus((x W_noise)_i)), the smooth probability that expert i is in x's top k; (tokens, experts).
 
     kth_excluding(H(x), k, i), the k-th largest of the other components, is the (k+1)-th largest of all
     when expert i is among the top k, and the k-th largest when it is not.
@@ -326,13 +340,15 @@ def smooth_load(gate: NoisyTopKOutput, k: int) -> torch.Tensor:
     clean, noisy, std = (t.reshape(-1, t.shape[-1]).float() for t in (gate.clean_logits, gate.noisy_logits,
                                                                       gate.noise_std))
     num_experts = noisy.shape[-1]
+    if k >= num_experts:  # every expert takes every token: P = 1 (and no -inf threshold to differentiate)
+        return torch.ones_like(clean)
     top = noisy.topk(min(k + 1, num_experts), dim=-1).values
     kth = top[:, k - 1 : k]
-    kth_plus_one = top[:, k : k + 1] if k < num_experts else torch.full_like(kth, -math.inf)
+    kth_plus_one = top[:, k : k + 1]
     in_top_k = noisy >= kth
     threshold = torch.where(in_top_k, kth_plus_one, kth)
-    normal = torch.distributions.Normal(torch.zeros((), device=noisy.device), torch.ones((), device=noisy.device))
-    return normal.cdf((clean - threshold) / std.clamp_min(1e-9)).sum(0)
+    z = (clean - threshold) / std.clamp_min(1e-9)
+    return 0.5 * (1.0 + torch.erf(z * 0.5**0.5))  # Φ(z), the standard normal CDF
 
 
 def load_loss(gate: NoisyTopKOutput, k: int) -> torch.Tensor:
@@ -467,3 +483,120 @@ class SwitchFeedForward(nn.Module):
             router_logits=logits.view(*shape[:-1], -1),
         )
         return out.view(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sparsely-gated MoE layer (Shazeer et al. 2017), flat or hierarchical
+# ----------------------------------------------------------------------------------------------
+
+
+def _group_rows(index: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stable order that sorts ``index`` (rows) by group, and the int32 end offset of each group."""
+    order = torch.argsort(index, stable=True)
+    counts = torch.zeros(num_groups, dtype=torch.long, device=index.device)
+    counts = counts.scatter_add_(0, index, torch.ones_like(index))
+    return order, torch.cumsum(counts, 0).to(torch.int32)
+
+
+class NoisyTopKMoE(nn.Module):
+    """The sparsely-gated mixture-of-experts layer (Shazeer et al. 2017, §2): y = Σ_i G(x)_i E_i(x) with
+    the noisy top-k gate, applied to every token independently; experts are ``Experts`` (one ReLU hidden
+    layer, no biases: Appendix C's [512·1024] + [1024·512] = 1M parameters each).
+
+    ``num_groups=None``: the flat layer, one ``NoisyTopKGate`` with ``k`` over all experts. Else the
+    hierarchical layer of Appendix B: a primary noisy top-``group_k`` gate over ``num_groups`` groups of
+    b = experts / groups experts, each group with its own secondary noisy top-``k`` gate (computed only
+    for the groups a token is sent to, as one grouped matmul):
+    y_H = Σ_i Σ_j G_primary(x)_i · G_i(x)_j · E_{i,j}(x) (eq. 12). Expert (i, j) is ``i · b + j``.
+
+    After each forward pass ``self.stats`` holds a ``RouterStats``: ``aux_loss`` =
+    w_importance · CV(Importance)² + w_load · CV(Load)² (eq. 6-7 and 11; eq. 13-14 for the hierarchical
+    layer), the two unweighted CV² in ``losses``, and ``expert_load``, the fraction of the (real) tokens
+    each expert processed. ``mask`` (tokens,) leaves padding out of the statistics.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        num_experts: int,
+        k: int,
+        activation: nn.Module,
+        *,
+        num_groups: int | None = None,
+        group_k: int = 2,
+        w_importance: float = 0.1,
+        w_load: float = 0.1,
+        expert_dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.num_experts, self.k, self.num_groups, self.group_k = num_experts, k, num_groups, group_k
+        self.w_importance, self.w_load = w_importance, w_load
+        if num_groups is None:
+            self.gate = NoisyTopKGate(d_model, num_experts, k)
+        else:
+            if num_experts % num_groups:
+                raise ValueError(f"NoisyTopKMoE: num_experts={num_experts} is not divisible by num_groups={num_groups}.")
+            self.group_size = num_experts // num_groups
+            if not 1 <= k <= self.group_size:
+                raise ValueError(f"NoisyTopKMoE: k={k} must be in [1, experts per group={self.group_size}].")
+            self.gate = NoisyTopKGate(d_model, num_groups, group_k)  # G_primary
+            # The secondary gates' W_g and W_noise, (groups, d_model, b): grouped_linear's layout. Zeros, as
+            # every gate of the paper (Appendix A).
+            self.secondary_w_gate = nn.Parameter(torch.zeros(num_groups, d_model, self.group_size))
+            self.secondary_w_noise = nn.Parameter(torch.zeros(num_groups, d_model, self.group_size))
+        self.experts = Experts(num_experts, d_model, d_ff, activation, expert_dropout)
+        self.stats: RouterStats | None = None
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        weight = x.new_ones(x.shape[0], dtype=torch.float32) if mask is None else mask.reshape(-1).float()
+        gate = self.gate(x)
+        if self.num_groups is None:
+            expert_index, combine = gate.top_k_index, gate.top_k_gates
+            importance = (gate.gates.float() * weight[:, None]).sum(0)
+            load = (load_probabilities(gate, self.k) * weight[:, None]).sum(0)
+        else:
+            expert_index, combine, importance, load = self._hierarchical(x, gate, weight)
+        keep = torch.ones_like(expert_index, dtype=torch.bool)
+        out = dispatch(x, expert_index, combine.to(x.dtype), keep, self.experts)
+
+        importance_cv, load_cv = cv_squared(importance), cv_squared(load)
+        routed = torch.zeros(self.num_experts, device=x.device, dtype=torch.float32)
+        routed = routed.scatter_add_(0, expert_index.reshape(-1),
+                                     weight[:, None].expand_as(expert_index).reshape(-1))
+        self.stats = RouterStats(
+            aux_loss=self.w_importance * importance_cv + self.w_load * load_cv,
+            losses={"importance": importance_cv, "load": load_cv},
+            expert_load=(routed / weight.sum().clamp_min(1.0)).detach(),
+            router_logits=gate.clean_logits.float().view(*shape[:-1], -1),
+        )
+        return out.view(shape)
+
+    def _hierarchical(self, x: torch.Tensor, primary: NoisyTopKOutput, weight: torch.Tensor):
+        """Appendix B: secondary gates for each (token, chosen group); eq. 12-14."""
+        tokens, group_k, b = x.shape[0], self.group_k, self.group_size
+        group = primary.top_k_index.reshape(-1)  # (tokens · group_k,), the groups G_primary chose
+        order, offsets = _group_rows(group, self.num_groups)
+        x_sorted = x[order // group_k]
+        clean_sorted = grouped_linear(x_sorted, self.secondary_w_gate, offsets)
+        std_sorted = F.softplus(grouped_linear(x_sorted, self.secondary_w_noise, offsets))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        secondary = noisy_top_k(clean_sorted[inverse], std_sorted[inverse], self.k, None, self.training)
+        expert_index = (group[:, None] * b + secondary.top_k_index).view(tokens, group_k * self.k)
+        primary_gate = primary.top_k_gates.reshape(-1, 1)
+        combine = (primary_gate * secondary.top_k_gates).view(tokens, group_k * self.k)
+
+        row_weight = weight.repeat_interleave(group_k)[:, None]  # each (token, group) row
+        # eq. 13: Importance_H(X)_{i,j} = Σ_x G_primary(x)_i · G_i(x)_j
+        importance = torch.zeros(self.num_groups, b, device=x.device, dtype=torch.float32)
+        importance = importance.index_add(0, group, (primary_gate.float() * secondary.gates.float()) * row_weight)
+        # eq. 14: Load_H(X)_{i,j} = Load_primary(X)_i · Load_i(X^(i))_j / |X^(i)|, X^(i) the tokens sent to group i
+        load_primary = (load_probabilities(primary, group_k) * weight[:, None]).sum(0)
+        load_secondary = torch.zeros(self.num_groups, b, device=x.device, dtype=torch.float32)
+        load_secondary = load_secondary.index_add(0, group, load_probabilities(secondary, self.k) * row_weight)
+        sent = torch.zeros(self.num_groups, device=x.device, dtype=torch.float32).index_add(0, group, row_weight[:, 0])
+        load = load_primary[:, None] * load_secondary / sent.clamp_min(1.0)[:, None]
+        return expert_index, combine, importance.reshape(-1), load.reshape(-1)

@@ -52,9 +52,21 @@ def generative_class(model_type: str):
     return classes.get(AutoModelForCausalLM) or classes.get(AutoModelForSeq2SeqLM)
 
 
+def main_input_name(model_type: str) -> str:
+    """What the model's main input is (``input_ids`` for token models, ``input_values`` for feature vectors)."""
+    return next(iter(model_classes(model_type).values())).main_input_name
+
+
+def takes_token_ids(model_type: str) -> bool:
+    return main_input_name(model_type) == "input_ids"
+
+
 def make_inputs(config, batch: int = 2, seq_len: int = SEQ_LEN, padded: bool = True, seed: int = 0) -> dict:
-    """input_ids avoiding the special ids; the first row left-padded by 3 when ``padded``."""
+    """input_ids avoiding the special ids; the first row left-padded by 3 when ``padded``. A model whose
+    main input is ``input_values`` gets float feature vectors (batch, config.input_size) instead."""
     generator = torch.Generator().manual_seed(seed)
+    if main_input_name(config.model_type) == "input_values":
+        return {"input_values": torch.randn(batch, config.input_size, generator=generator)}
     input_ids = torch.randint(3, config.vocab_size, (batch, seq_len), generator=generator)
     attention_mask = torch.ones_like(input_ids)
     if padded:

@@ -17,6 +17,7 @@ from contract_specs import (
     is_generative,
     make_inputs,
     model_classes,
+    takes_token_ids,
     tiny_config,
 )
 from transformers import AutoConfig, AutoModelForMultipleChoice
@@ -36,6 +37,8 @@ def inputs_for(auto_class, config, **kwargs) -> dict:
 
 def real_positions(output: torch.Tensor, inputs: dict) -> torch.Tensor:
     """Positions of real (unpadded) tokens when the output is aligned with ``input_ids``; else all."""
+    if "attention_mask" not in inputs:  # feature-vector inputs: every output is real
+        return torch.ones(output.shape[:2], dtype=torch.bool)
     mask = inputs["attention_mask"].bool()
     if output.shape[: mask.dim()] != mask.shape:  # e.g. decoder logits of an encoder-decoder
         return torch.ones(output.shape[:2], dtype=torch.bool)
@@ -45,11 +48,20 @@ def real_positions(output: torch.Tensor, inputs: dict) -> torch.Tensor:
 def trainable_class(model_type: str):
     """A head that computes a loss from ``labels`` shaped like its token inputs."""
     classes = model_classes(model_type)
-    for name in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM"):
+    for name in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM",
+                 "AutoModelForSequenceClassification"):
         for auto_class, model_class in classes.items():
             if auto_class.__name__ == name:
                 return model_class
     return next(iter(classes.values()))
+
+
+def labels_for(config, inputs: dict) -> torch.Tensor:
+    """Training labels: the target tokens, or for a feature-vector model one class index per case."""
+    if "input_values" in inputs:
+        generator = torch.Generator().manual_seed(1)
+        return torch.randint(0, config.num_labels, (inputs["input_values"].shape[0],), generator=generator)
+    return inputs.get("decoder_input_ids", inputs["input_ids"])
 
 
 def main_output(output) -> torch.Tensor:
@@ -78,7 +90,8 @@ def test_auto_registration(model_type):
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 @pytest.mark.parametrize(
     "field, value",
-    [("num_attention_heads", 5), ("num_hidden_layers", 0), ("vocab_size", -3), ("attn_pdrop", 1.5)],
+    [("num_attention_heads", 5), ("num_hidden_layers", 0), ("vocab_size", -3), ("attn_pdrop", 1.5),
+     ("num_experts", 0)],
 )
 def test_config_rejects_impossible_values(model_type, field, value):
     config_class = hf_paper_models.REGISTRY[model_type][0]
@@ -212,6 +225,8 @@ def test_sdpa_equals_eager(model_type):
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_gradient_checkpointing_same_gradients(model_type):
     model_class = trainable_class(model_type)
+    if not model_class.supports_gradient_checkpointing:  # no stack of layers (local experts)
+        pytest.skip(f"{model_class.__name__} has no layers to checkpoint")
     config = tiny_config(model_type)
     inputs = make_inputs(config, padded=False)
     grads = []
@@ -223,7 +238,7 @@ def test_gradient_checkpointing_same_gradients(model_type):
         if checkpointing:
             model.gradient_checkpointing_enable()
             assert model.is_gradient_checkpointing
-        out = model(**inputs, labels=inputs.get("decoder_input_ids", inputs["input_ids"]))
+        out = model(**inputs, labels=labels_for(config, inputs))
         out.loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
@@ -247,10 +262,15 @@ def test_bfloat16_forward(tmp_path, model_type):
     torch.testing.assert_close(half.float()[mask], full[mask], atol=0.1, rtol=0.05)
 
 
-@pytest.mark.parametrize("model_type", [t for t in MODEL_TYPES if is_generative(t)])
+# Decoder models (ZOO.md §1) and the feature-vector models, whose forward pass is as small.
+COMPILED = [t for t in MODEL_TYPES if is_generative(t) or not takes_token_ids(t)]
+TRAINED_WITH_LORA = COMPILED
+
+
+@pytest.mark.parametrize("model_type", COMPILED)
 def test_torch_compile_forward_has_no_graph_breaks(model_type):
     config = tiny_config(model_type)
-    model = build(generative_class(model_type), config)
+    model = build(generative_class(model_type) or trainable_class(model_type), config)
     inputs = make_inputs(config)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: a break raises
@@ -258,18 +278,18 @@ def test_torch_compile_forward_has_no_graph_breaks(model_type):
         torch.testing.assert_close(main_output(compiled(**inputs)), main_output(model(**inputs)))
 
 
-@pytest.mark.parametrize("model_type", [t for t in MODEL_TYPES if is_generative(t)])
+@pytest.mark.parametrize("model_type", TRAINED_WITH_LORA)
 def test_peft_lora_trains_saves_and_reloads(tmp_path, model_type):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     config = tiny_config(model_type)
-    model_class = generative_class(model_type)
+    model_class = generative_class(model_type) or trainable_class(model_type)
     base = build(model_class, config)
     peft_model = get_peft_model(base, LoraConfig(target_modules="all-linear", r=4, lora_alpha=8))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     inputs = make_inputs(config, padded=False)
-    labels = inputs.get("decoder_input_ids", inputs["input_ids"])
+    labels = labels_for(config, inputs)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     peft_model.train()
     losses = []
@@ -301,6 +321,12 @@ def test_bad_inputs_raise_value_error(model_type):
     config = tiny_config(model_type)
     model = build(model_class, config)
     good = make_inputs(config)
+    if not takes_token_ids(model_type):  # feature vectors: a wrong shape or dtype, not positions/vocabulary
+        values = good["input_values"]
+        for bad in (values[:, :-1], values[..., None], values.long()):
+            with pytest.raises(ValueError, match="input_values"):
+                model(input_values=bad)
+        return
     too_long = make_inputs(config, seq_len=config.max_position_embeddings + 1, padded=False)
     with pytest.raises(ValueError, match="positions"):
         model(**too_long)
