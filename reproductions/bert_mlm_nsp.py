@@ -11,7 +11,7 @@ a downstream task (the paper's §1/§4 claim, here on the embedded word-order ta
 3. Fine-tune the pre-trained encoder and the same encoder from random weights on the word-order task
    (``training/finetune_bert.py``) for the same steps, and compare held-out accuracy.
 
-    python reproductions/bert_mlm_nsp.py                 # a few minutes on two CPU cores
+    python reproductions/bert_mlm_nsp.py                 # about half an hour on two CPU cores
     python reproductions/bert_mlm_nsp.py --smoke         # seconds: keeps the script running in the tests
 
 Writes ``bert_mlm_nsp.json`` and ``bert_mlm_nsp.png`` to ``--output_dir``.
