@@ -228,6 +228,14 @@ class PaperMoELSTMLSTM(nn.Module):
         self.input_proj = nn.Linear(input_size, 4 * hidden_size)
         self.weight_hh_l0 = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
         self.bias_hh_l0 = nn.Parameter(torch.empty(4 * hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.LSTM``'s default (every tensor uniform ±hidden^-1/2), so a layer used on its own holds
+        numbers; the model's ``_init_weights`` then applies the paper's scheme."""
+        bound = self.hidden_size**-0.5
+        for weight in (self.input_proj.weight, self.input_proj.bias, self.weight_hh_l0, self.bias_hh_l0):
+            nn.init.uniform_(weight, -bound, bound)
 
     def forward(
         self,
