@@ -709,3 +709,43 @@ def _write_model_card(model: nn.Module, folder: Path) -> None:
         return
     if isinstance(text, str) and text:
         (folder / "README.md").write_text(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model arguments every recipe shares
+# ----------------------------------------------------------------------------------------------
+
+
+class PresetArguments:
+    """Methods of the recipes' ``ModelArguments`` dataclasses, whose fields include ``preset``,
+    ``model_overrides`` (a mapping or its JSON text) and the sizes named in ``OVERRIDE_FIELDS``."""
+
+    OVERRIDE_FIELDS: tuple[str, ...] = (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    )
+
+    def check_preset(self, auto_class: type | None = None, needs: str = "") -> None:
+        """Parse ``model_overrides`` and check that ``preset`` exists (and, given ``auto_class``, that
+        its model type has that head; ``needs`` names it in the error)."""
+        from hf_paper_models import PRESETS, REGISTRY
+
+        if isinstance(self.model_overrides, str):
+            try:
+                self.model_overrides = json.loads(self.model_overrides)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"model_overrides must be a JSON object, got {self.model_overrides!r}") from error
+        if self.model_overrides is not None and not isinstance(self.model_overrides, dict):
+            raise ValueError(f"model_overrides must be a mapping, got {self.model_overrides!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"Unknown preset {self.preset!r}. Available presets: {', '.join(PRESETS)}.")
+        if auto_class is not None and auto_class not in REGISTRY[PRESETS[self.preset]][1]:
+            raise ValueError(f"Preset {self.preset!r} ({PRESETS[self.preset]}) {needs}.")
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The size fields that were set, then ``model_overrides`` on top."""
+        values = {k: getattr(self, k) for k in self.OVERRIDE_FIELDS if getattr(self, k) is not None}
+        return {**values, **(self.model_overrides or {})}

@@ -33,8 +33,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from hf_paper_models import PRESETS, REGISTRY, preset
+from hf_paper_models import preset
 from hf_paper_models.training_utils import (
+    PresetArguments,
     TrainingLoopArguments,
     flat_config,
     load_text_dataset,
@@ -46,7 +47,7 @@ from hf_paper_models.training_utils import (
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(PresetArguments):
     model_path: str | None = field(
         default=None,
         metadata={"help": "A pre-trained BERT folder (e.g. pretrain_bert.py's output_dir/final); 'none': "
@@ -67,25 +68,9 @@ class ModelArguments:
     def __post_init__(self) -> None:
         if isinstance(self.model_path, str) and self.model_path.lower() in ("", "none"):
             self.model_path = None
-        if isinstance(self.model_overrides, str):
-            try:
-                self.model_overrides = json.loads(self.model_overrides)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"model_overrides must be a JSON object, got {self.model_overrides!r}") from error
-        if self.model_overrides is not None and not isinstance(self.model_overrides, dict):
-            raise ValueError(f"model_overrides must be a mapping, got {self.model_overrides!r}")
         if self.model_path is not None and not Path(self.model_path).is_dir():
             raise ValueError(f"model_path={self.model_path!r} is not a folder with a saved model.")
-        if self.preset not in PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}. Available presets: {', '.join(PRESETS)}.")
-        if AutoModelForSequenceClassification not in REGISTRY[PRESETS[self.preset]][1]:
-            raise ValueError(f"Preset {self.preset!r} has no sequence-classification head.")
-
-    def config_overrides(self) -> dict[str, Any]:
-        names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                 "max_position_embeddings")  # fmt: skip
-        values = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-        return {**values, **(self.model_overrides or {})}
+        self.check_preset(AutoModelForSequenceClassification, "has no sequence-classification head")
 
 
 @dataclass

@@ -31,9 +31,10 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import AutoModelForPreTraining, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 
-from hf_paper_models import PRESETS, REGISTRY, preset
+from hf_paper_models import preset
 from hf_paper_models.data.nsp import DataCollatorForMLMAndNSP, nsp_dataset, tokenize_pairs
 from hf_paper_models.training_utils import (
+    PresetArguments,
     TrainingLoopArguments,
     flat_config,
     load_text_dataset,
@@ -45,7 +46,7 @@ from hf_paper_models.training_utils import (
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(PresetArguments):
     preset: str = field(default="bert-base", metadata={"help": "A BERT preset: bert-base or bert-large."})
     hidden_size: int | None = None
     num_hidden_layers: int | None = None
@@ -67,27 +68,8 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.model_overrides, str):
-            try:
-                self.model_overrides = json.loads(self.model_overrides)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"model_overrides must be a JSON object, got {self.model_overrides!r}"
-                ) from error
-        if self.model_overrides is not None and not isinstance(self.model_overrides, dict):
-            raise ValueError(f"model_overrides must be a mapping, got {self.model_overrides!r}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}. Available presets: {', '.join(PRESETS)}.")
-        if AutoModelForPreTraining not in REGISTRY[PRESETS[self.preset]][1]:
-            raise ValueError(
-                f"Preset {self.preset!r} ({PRESETS[self.preset]}) has no MLM + NSP pre-training head."
-            )
+        self.check_preset(AutoModelForPreTraining, "has no MLM + NSP pre-training head")
 
-    def config_overrides(self) -> dict[str, Any]:
-        names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                 "max_position_embeddings")  # fmt: skip
-        values = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-        return {**values, **(self.model_overrides or {})}
 
 
 @dataclass

@@ -19,7 +19,6 @@ afresh). The trained model and tokenizer land in ``output_dir/final``; TensorBoa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +35,9 @@ from transformers import (
     default_data_collator,
 )
 
-from hf_paper_models import PRESETS, REGISTRY, preset
+from hf_paper_models import PRESETS, preset
 from hf_paper_models.training_utils import (
+    PresetArguments,
     TrainingLoopArguments,
     flat_config,
     group_texts,
@@ -55,7 +55,7 @@ DEFAULT_TOKENIZER = "byte_bpe"
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(PresetArguments):
     preset: str = field(default="gpt2-small", metadata={"help": f"A causal-LM preset: {', '.join(PRESETS)}."})
     hidden_size: int | None = None
     num_hidden_layers: int | None = None
@@ -78,26 +78,8 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.model_overrides, str):
-            try:
-                self.model_overrides = json.loads(self.model_overrides)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"model_overrides must be a JSON object, got {self.model_overrides!r}"
-                ) from error
-        if self.model_overrides is not None and not isinstance(self.model_overrides, dict):
-            raise ValueError(f"model_overrides must be a mapping, got {self.model_overrides!r}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}. Available presets: {', '.join(PRESETS)}.")
-        if AutoModelForCausalLM not in REGISTRY[PRESETS[self.preset]][1]:
-            raise ValueError(f"Preset {self.preset!r} ({PRESETS[self.preset]}) has no causal-LM head.")
+        self.check_preset(AutoModelForCausalLM, "has no causal-LM head")
 
-    def config_overrides(self) -> dict[str, Any]:
-        sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-        values = {
-            k: getattr(self, k) for k in (*sizes, "max_position_embeddings") if getattr(self, k) is not None
-        }
-        return {**values, **(self.model_overrides or {})}
 
     @property
     def model_type(self) -> str:

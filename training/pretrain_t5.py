@@ -37,7 +37,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 
-from hf_paper_models import PRESETS, REGISTRY, preset
+from hf_paper_models import PRESETS, preset
 from hf_paper_models.data.span_corruption import (
     COLA_TARGETS,
     MEAN_NOISE_SPAN_LENGTH,
@@ -48,6 +48,7 @@ from hf_paper_models.data.span_corruption import (
     translation_prefix,
 )
 from hf_paper_models.training_utils import (
+    PresetArguments,
     TrainingLoopArguments,
     flat_config,
     group_texts,
@@ -64,7 +65,7 @@ TASK_TEXT_REPEATS = 100  # how often the text-to-text task words appear in it
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(PresetArguments):
     preset: str = field(
         default="t5-small", metadata={"help": f"An encoder-decoder preset: {', '.join(PRESETS)}."}
     )
@@ -92,26 +93,8 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.model_overrides, str):
-            try:
-                self.model_overrides = json.loads(self.model_overrides)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"model_overrides must be a JSON object, got {self.model_overrides!r}"
-                ) from error
-        if self.model_overrides is not None and not isinstance(self.model_overrides, dict):
-            raise ValueError(f"model_overrides must be a mapping, got {self.model_overrides!r}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}. Available presets: {', '.join(PRESETS)}.")
-        if AutoModelForSeq2SeqLM not in REGISTRY[PRESETS[self.preset]][1]:
-            raise ValueError(f"Preset {self.preset!r} ({PRESETS[self.preset]}) is not an encoder-decoder.")
+        self.check_preset(AutoModelForSeq2SeqLM, "is not an encoder-decoder")
 
-    def config_overrides(self) -> dict[str, Any]:
-        sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-        values = {
-            k: getattr(self, k) for k in (*sizes, "max_position_embeddings") if getattr(self, k) is not None
-        }
-        return {**values, **(self.model_overrides or {})}
 
 
 @dataclass

@@ -68,11 +68,12 @@ from transformers import (
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hf_paper_models import PRESETS, REGISTRY, preset
+from hf_paper_models import PRESETS, preset
 from hf_paper_models.averaging import average_checkpoints
 from hf_paper_models.evaluation.bleu import DEFAULT_EDGES, bleu_report
 from hf_paper_models.models.transformer import label_smoothed_cross_entropy, learning_rate_schedule
 from hf_paper_models.training_utils import (
+    PresetArguments,
     TrainingLoopArguments,
     build_optimizer,
     build_scheduler,
@@ -89,7 +90,9 @@ SPLITS = ("train", "validation", "test")
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(PresetArguments):
+    OVERRIDE_FIELDS = (*PresetArguments.OVERRIDE_FIELDS, "dropout")
+
     preset: str = field(
         default="transformer-base", metadata={"help": f"A sequence-to-sequence preset: {', '.join(PRESETS)}."}
     )
@@ -116,27 +119,8 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.model_overrides, str):
-            try:
-                self.model_overrides = json.loads(self.model_overrides)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"model_overrides must be a JSON object, got {self.model_overrides!r}"
-                ) from error
-        if self.model_overrides is not None and not isinstance(self.model_overrides, dict):
-            raise ValueError(f"model_overrides must be a mapping, got {self.model_overrides!r}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}. Available presets: {', '.join(PRESETS)}.")
-        if AutoModelForSeq2SeqLM not in REGISTRY[PRESETS[self.preset]][1]:
-            raise ValueError(
-                f"Preset {self.preset!r} ({PRESETS[self.preset]}) is not a sequence-to-sequence model."
-            )
+        self.check_preset(AutoModelForSeq2SeqLM, "is not a sequence-to-sequence model")
 
-    def config_overrides(self) -> dict[str, Any]:
-        names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                 "max_position_embeddings", "dropout")  # fmt: skip
-        values = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-        return {**values, **(self.model_overrides or {})}
 
 
 @dataclass
