@@ -6,13 +6,77 @@ import json
 import os
 import random
 import time
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["Timer", "new_figure", "output_dir", "save_figure", "seed_everything", "write_json"]
+__all__ = [
+    "Timer",
+    "apply_settings",
+    "device_name",
+    "new_figure",
+    "output_dir",
+    "save_figure",
+    "seed_everything",
+    "write_json",
+]
+
+
+S = TypeVar("S")
+
+
+def add_set_option(parser) -> None:
+    """``--set KEY=VALUE ...`` on an ``argparse`` parser: overrides of any field of the run's settings."""
+    parser.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", default=[],
+        help="override any setting, e.g. --set max_steps=4000 hidden_size=256",
+    )  # fmt: skip
+
+
+def apply_settings(settings: S, assignments: list[str] | None) -> S:
+    """``settings`` (a dataclass) with ``KEY=VALUE`` assignments from the command line (``--set``)
+    applied, each value converted to the type of the field's default. An unknown key or a value
+    of the wrong type raises ``ValueError`` naming it and the known keys."""
+    known = {f.name: f for f in fields(settings)}
+    changes: dict[str, Any] = {}
+    for item in assignments or []:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        default = getattr(settings, key)
+        try:
+            if text.lower() in ("none", "null") and (default is None or "None" in str(known[key].type)):
+                value: Any = None
+            elif isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1", "yes")
+            elif isinstance(default, (int, float, str)):
+                value = type(default)(text)
+            elif default is None:  # an optional number
+                value = float(text) if any(c in text for c in ".eE") else int(text)
+            else:
+                raise ValueError(
+                    f"field of type {type(default).__name__} cannot be set from the command line"
+                )
+        except ValueError as error:
+            raise ValueError(f"--set {item!r}: cannot read {text!r} as the type of {key} ({error})") from None
+        changes[key] = value
+    return replace(settings, **changes)
+
+
+def device_name() -> str:
+    """What the run trained on: the GPU's name when CUDA is used, else the CPU and torch's thread count."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
 def seed_everything(seed: int) -> None:

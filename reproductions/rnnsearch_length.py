@@ -23,6 +23,17 @@ on the same corpus and shared tokenizer, and scores it on the same test sentence
     python reproductions/rnnsearch_length.py --transformer    # + the Transformer, 3 × 200 s
     python reproductions/rnnsearch_length.py --smoke --transformer   # seconds; too small to learn
 
+At the CPU default (200 s, RNN hidden size 64) no model translates yet. ``--gpu`` sets the sizes and budget
+of the recorded result: hidden 256 (embedding 128, alignment 256, maxout 128), 100,000 training pairs (the
+RNNs keep those of at most 50 words, as RNNsearch-50), 280 s on the wall clock each. The recorded run
+trained the three models at the same time on one GPU, one process each, then combined them:
+
+    for m in rnnsearch rnnencdec transformer; do
+      python reproductions/rnnsearch_length.py --gpu --models $m --output-dir runs/r_$m &
+    done; wait
+    mkdir -p runs/r/models && cp runs/r_*/models/*.json runs/r/models/
+    python reproductions/rnnsearch_length.py --gpu --transformer --reuse --output-dir runs/r
+
 Writes ``rnnsearch_length.json`` and ``.png`` (and ``rnnsearch_vs_transformer.json`` and ``.png``) into
 ``--output-dir``.
 """
@@ -42,7 +53,17 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reproductions.common import Timer, new_figure, output_dir, save_figure, seed_everything, write_json
+from reproductions.common import (
+    Timer,
+    add_set_option,
+    apply_settings,
+    device_name,
+    new_figure,
+    output_dir,
+    save_figure,
+    seed_everything,
+    write_json,
+)
 from reproductions.transformer_translation import load_recipe
 
 NAME = "rnnsearch_length"
@@ -99,6 +120,12 @@ SMOKE = dict(
 )  # fmt: skip
 
 
+GPU = dict(
+    clock="wall", train_seconds=280.0, train_pairs=100_000, save_steps=250, eval_steps=250, rnn_hidden=256,
+    rnn_embedding=128, rnn_alignment=256, rnn_maxout=128,
+)  # fmt: skip
+
+
 def recipe_argv(model: str, s: Settings, run_dir: Path, cache: Path) -> list[str]:
     """The recipe's command line for one model: its tiny config with this reproduction's sizes and budget;
     the recipe trains and saves, the test translation is done here (``--skip_bleu``)."""
@@ -150,6 +177,7 @@ def test_bleu(recipe, run_dir: Path, s: Settings, length_penalty: float) -> dict
 
     folder = run_dir / ("averaged" if (run_dir / "averaged").is_dir() else "final")
     model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     pairs = parallel_corpus("test", s.test_pairs)
     sources, references = [a for a, _ in pairs], [b for _, b in pairs]
@@ -263,33 +291,69 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default=f"runs/reproductions/{NAME}")
     parser.add_argument("--smoke", action="store_true", help="tiny run that checks the pipeline")
+    parser.add_argument("--gpu", action="store_true", help="the recorded result's sizes and budget (see above)")
     parser.add_argument("--transformer", action="store_true", help="also the Transformer at equal time")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated subset to train now (default: rnnsearch,rnnencdec[,transformer]); each trained "
+        "model's result is also kept in OUTPUT_DIR/models/NAME.json",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take a model's result from OUTPUT_DIR/models/NAME.json when it is there instead of training it "
+        "(to combine runs made one model at a time, e.g. concurrently on one GPU)",
+    )
     parser.add_argument("--seconds", type=float, default=None, help="training time per model")
     parser.add_argument("--test-pairs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    add_set_option(parser)
     args = parser.parse_args(argv)
-    s = Settings(**SMOKE) if args.smoke else Settings()
+    s = Settings(**SMOKE) if args.smoke else Settings(**GPU) if args.gpu else Settings()
     for name, field_name in (("seconds", "train_seconds"), ("test_pairs", "test_pairs"), ("seed", "seed"),
                              ("threads", "threads")):  # fmt: skip
         if getattr(args, name) is not None:
             s = replace(s, **{field_name: getattr(args, name)})
+    try:
+        s = apply_settings(s, args.set)
+    except ValueError as error:
+        parser.error(str(error))
     out = output_dir(args.output_dir)
     cache = out / "tokenizer-cache"
     torch.set_num_threads(s.threads)
     recipe = load_recipe()
 
     names = ("rnnsearch", "rnnencdec", "transformer") if args.transformer else ("rnnsearch", "rnnencdec")
+    if args.models:
+        chosen = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        unknown = [m for m in chosen if m not in LABELS]
+        if unknown or not chosen:
+            parser.error(f"--models: unknown {unknown}; choose from {', '.join(LABELS)}")
+        names = chosen
+    saved = out / "models"
+    saved.mkdir(exist_ok=True)
     with Timer() as total:
-        models = {name: train_and_score(recipe, name, s, out, cache) for name in names}
-    common = {"smoke": args.smoke, "settings": asdict(s), "edges": list(EDGES),
+        models = {}
+        for name in names:
+            if args.reuse and (saved / f"{name}.json").is_file():
+                models[name] = json.loads((saved / f"{name}.json").read_text(encoding="utf-8"))
+                print(f"=== {LABELS[name]}: result taken from {saved / f'{name}.json'}")
+            else:
+                models[name] = {**train_and_score(recipe, name, s, out, cache), "device": device_name()}
+                write_json(saved / f"{name}.json", models[name])
+    if not {"rnnsearch", "rnnencdec"} <= models.keys():
+        print(f"trained {', '.join(models)}; combine with --reuse once RNNsearch and RNNencdec are both there")
+        return {"models": models}
+    common = {"smoke": args.smoke, "settings": asdict(s), "device": device_name(), "edges": list(EDGES),
               "seconds_total": total.seconds, "cpu_seconds_total": total.cpu_seconds}  # fmt: skip
     result = {"name": NAME, **length_claim(models["rnnsearch"], models["rnnencdec"]),
               "models": {k: models[k] for k in ("rnnsearch", "rnnencdec")}, **common}  # fmt: skip
     write_json(out / f"{NAME}.json", result)
     plot(result["models"], out / f"{NAME}.png", "RNNsearch vs RNNencdec")
     report = {NAME: result}
-    if args.transformer:
+    if "transformer" in models:
         versus = {"name": VS_NAME, **transformer_claim(models["rnnsearch"], models["transformer"]),
                   "models": {k: models[k] for k in ("rnnsearch", "transformer")}, **common}  # fmt: skip
         write_json(out / f"{VS_NAME}.json", versus)
@@ -306,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"{m['test']['bleu']:>6.2f}  {buckets}")  # fmt: skip
     print(
         f"Figure 2 claim holds: {result['holds']}"
-        + (f"; Transformer beats RNNsearch: {report[VS_NAME]['holds']}" if args.transformer else "")
+        + (f"; Transformer beats RNNsearch: {report[VS_NAME]['holds']}" if VS_NAME in report else "")
     )
     print(f"time: {total.seconds:.0f}s wall ({total.cpu_seconds:.0f}s CPU); wrote {out}")
     return report

@@ -12,8 +12,15 @@ translated from the last checkpoint alone and with greedy decoding.
 The training is ``training/train_translation.py`` with ``training/configs/transformer_tiny.yaml``
 (the recipe users run), shortened by the settings below.
 
-    python reproductions/transformer_translation.py            # default, ~8 minutes on 2 CPU cores
+    python reproductions/transformer_translation.py            # default: 9,000 steps
+    python reproductions/transformer_translation.py --set max_steps=700   # a quick look; does not translate
     python reproductions/transformer_translation.py --smoke    # under a minute; too small to learn
+
+The model learns the target language's word order suddenly: the validation loss creeps down to about
+3.0 nats over the first 3,000 steps, then falls to 0.3 by step 9,000 (BLEU 87). At 700 steps it does not
+translate (BLEU about 1). 9,000 steps take about 5 minutes on one H100 GPU (the recorded result:
+``--set max_steps=20000 train_seconds=300``, which stopped at step 9,078) and about 2 h 10 min on a CPU
+(0.85 s per step with one torch thread).
 
 Writes ``transformer_translation.json`` and ``transformer_translation.png`` (learning curves and BLEU
 by source length) into ``--output-dir``.
@@ -34,7 +41,17 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reproductions.common import Timer, new_figure, output_dir, save_figure, seed_everything, write_json
+from reproductions.common import (
+    Timer,
+    add_set_option,
+    apply_settings,
+    device_name,
+    new_figure,
+    output_dir,
+    save_figure,
+    seed_everything,
+    write_json,
+)
 
 NAME = "transformer_translation"
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,12 +74,13 @@ class Settings:
     test_pairs: int = 400
     eval_pairs: int = 300
     max_tokens_per_batch: int = 3000
-    max_steps: int = 700
+    max_steps: int = 9000
+    train_seconds: float = 0.0  # > 0: also stop after this much training time (wall clock)
     warmup_steps: int = 200
     lr_scale: float = 0.5
-    save_steps: int = 50
+    save_steps: int = 250
     average_last: int = 5
-    eval_steps: int = 100
+    eval_steps: int = 500
     # decoding (§6.1)
     num_beams: int = 4
     length_penalty: float = 0.6
@@ -103,6 +121,8 @@ def recipe_argv(s: Settings, run_dir: Path, cache: Path) -> list[str]:
     ]  # fmt: skip
     if s.max_new_tokens is not None:
         argv += ["--max_new_tokens", str(s.max_new_tokens)]
+    if s.train_seconds > 0:
+        argv += ["--max_train_seconds", str(s.train_seconds)]
     return argv
 
 
@@ -113,6 +133,7 @@ def greedy_bleu(recipe, run_dir: Path, subdir: str, s: Settings) -> dict:
     import hf_paper_models  # noqa: F401  (registers paper-transformer)
 
     model = transformers.AutoModelForSeq2SeqLM.from_pretrained(run_dir / subdir)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / subdir)
     from hf_paper_models.data import parallel_corpus
 
@@ -172,11 +193,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         action="store_true",
         help="continue the run left in --output-dir (from its last checkpoint)",
     )
+    add_set_option(parser)
     args = parser.parse_args(argv)
     s = Settings(**SMOKE) if args.smoke else Settings()
     for name in ("seed", "threads", "max_steps"):
         if getattr(args, name) is not None:
             s = replace(s, **{name: getattr(args, name)})
+    try:
+        s = apply_settings(s, args.set)
+    except ValueError as error:
+        parser.error(str(error))
     out = output_dir(args.output_dir)
     run_dir, cache = out / "run", out / "tokenizer-cache"
     if not args.resume:
@@ -216,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "cpu_total": total.cpu_seconds,
         },  # fmt: skip
         "settings": asdict(s),
+        "device": device_name(),
     }
     write_json(out / f"{NAME}.json", result)
     plot(result, out / f"{NAME}.png")

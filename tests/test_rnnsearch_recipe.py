@@ -206,3 +206,26 @@ def test_reproduction_smoke_figure_2_and_the_transformer(tmp_path):
     assert length["models"]["rnnsearch"]["test"] == versus["models"]["rnnsearch"]["test"]  # one RNNsearch run
     for name in ("rnnsearch_length", "rnnsearch_vs_transformer"):
         assert (out / f"{name}.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_models_trained_one_at_a_time_combine_with_reuse(tmp_path):
+    """The recorded GPU run trains each model in its own process, then combines them: a model trained
+    alone leaves its result in models/NAME.json, and --reuse takes it from there without training."""
+    cache = tmp_path / "cache"
+    for model in ("rnnsearch", "rnnencdec"):
+        _run(cache, [sys.executable, str(REPRODUCTION), "--smoke", "--models", model, "--threads", "1",
+                     "--output-dir", str(tmp_path / model)])  # fmt: skip
+        assert not (tmp_path / model / "rnnsearch_length.json").exists()  # one model: no figure yet
+    combined = tmp_path / "combined" / "models"
+    combined.mkdir(parents=True)
+    for model in ("rnnsearch", "rnnencdec"):
+        (combined / f"{model}.json").write_bytes((tmp_path / model / "models" / f"{model}.json").read_bytes())
+    done = _run(cache, [sys.executable, str(REPRODUCTION), "--smoke", "--reuse", "--threads", "1",
+                        "--output-dir", str(tmp_path / "combined")])  # fmt: skip
+    assert "=== Training" not in done.stdout and "training for" not in done.stdout  # nothing trained again
+    length = json.loads((tmp_path / "combined" / "rnnsearch_length.json").read_text())
+    for model in ("rnnsearch", "rnnencdec"):
+        alone = json.loads((combined / f"{model}.json").read_text())
+        assert length["models"][model]["test"]["bleu"] == alone["test"]["bleu"]
+    bad = _run(cache, [sys.executable, str(REPRODUCTION), "--smoke", "--models", "lstm"], check=False)
+    assert bad.returncode != 0 and "--models: unknown ['lstm']" in bad.stderr
