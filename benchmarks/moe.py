@@ -1,7 +1,7 @@
 """The Switch layer's expert dispatch against a dense FFN of the same active FLOPs and against
 transformers' ``SwitchTransformersSparseMLP``, same weights, same run.
 
-    python benchmarks/moe.py [--quick]
+    python benchmarks/moe.py [--quick] [--device cuda] [--dtype bfloat16] [--batch 64]
 
 For 8, 64 and 256 experts (d_model 512, d_ff 2048, 4096 tokens as 8 sequences of 512 by default), one
 forward + backward (a fixed random output gradient) of:
@@ -41,6 +41,8 @@ class MoESizes:
     experts: tuple[int, ...] = (8, 64, 256)
     warmup: int = 2
     repeats: int = 7
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 DEFAULT = MoESizes()
@@ -69,8 +71,11 @@ def layers(s: MoESizes, num_experts: int) -> tuple[nn.Module, nn.Module, nn.Modu
             ours.experts.wo[e].copy_(wo.t())
             theirs.experts[f"expert_{e}"].wi.weight.copy_(wi)
             theirs.experts[f"expert_{e}"].wo.weight.copy_(wo)
-    dense = nn.Sequential(nn.Linear(s.d_model, s.d_ff, bias=False), nn.ReLU(), nn.Linear(s.d_ff, s.d_model, bias=False))
-    return ours.train(), theirs.train(), dense.train()
+    dense = nn.Sequential(
+        nn.Linear(s.d_model, s.d_ff, bias=False), nn.ReLU(), nn.Linear(s.d_ff, s.d_model, bias=False)
+    )
+    dtype = getattr(torch, s.dtype)
+    return tuple(layer.to(s.device, dtype).train() for layer in (ours, theirs, dense))
 
 
 def forward_backward(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor):
@@ -88,8 +93,9 @@ def moe_rows(s: MoESizes, checks: dict, stage=lambda _: None) -> list[dict]:
         stage(f"{num_experts} experts")
         ours, theirs, dense = layers(s, num_experts)
         generator = torch.Generator().manual_seed(0)
-        x = torch.randn(s.batch, s.seq, s.d_model, generator=generator)
-        grad = torch.randn(s.batch, s.seq, s.d_model, generator=generator)
+        dtype = getattr(torch, s.dtype)
+        x = torch.randn(s.batch, s.seq, s.d_model, generator=generator).to(s.device, dtype)
+        grad = torch.randn(s.batch, s.seq, s.d_model, generator=generator).to(s.device, dtype)
         with torch.no_grad():
             checks[f"switch_{num_experts}e_max_abs_diff"] = (ours(x) - theirs(x)).abs().max().item()
         timings = time_interleaved(
@@ -102,6 +108,8 @@ def moe_rows(s: MoESizes, checks: dict, stage=lambda _: None) -> list[dict]:
         checks[f"switch_{num_experts}e_ours_over_dense"] = over_dense["ours"]
         checks[f"switch_{num_experts}e_theirs_over_dense"] = over_dense["theirs"]
         shape = f"d_model {s.d_model}, d_ff {s.d_ff}, {s.batch}×{s.seq} tok"
+        if (s.device, s.dtype) != ("cpu", "float32"):
+            shape += f", {s.device} {s.dtype}"
         rows.append(throughput_row(
             f"switch_{num_experts}e_fwd_bwd_tokens_per_s",
             f"Switch layer fwd+bwd, {num_experts} experts, ours vs SwitchTransformersSparseMLP, {shape}",
@@ -119,8 +127,21 @@ def moe_rows(s: MoESizes, checks: dict, stage=lambda _: None) -> list[dict]:
 
 if __name__ == "__main__":
     transformers.logging.set_verbosity_error()
-    sizes = QUICK if "--quick" in sys.argv[1:] else DEFAULT
+    import argparse
+    from dataclasses import replace
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds on a CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--batch", type=int, default=None, help="sequences of 512 tokens (default 8)")
+    args = parser.parse_args()
+    sizes = replace(QUICK if args.quick else DEFAULT, device=args.device, dtype=args.dtype)
+    if args.batch:
+        sizes = replace(sizes, batch=args.batch)
     found: dict = {}
     for r in moe_rows(sizes, found, lambda stage: print(f"[bench] {stage} …", file=sys.stderr, flush=True)):
-        print(f"{r['benchmark']}: ours {r['ours']:,.1f} theirs {r['theirs']:,.1f} {r['unit']} ({r['ratio']:.2f}×)")
+        print(
+            f"{r['benchmark']}: ours {r['ours']:,.1f} theirs {r['theirs']:,.1f} {r['unit']} ({r['ratio']:.2f}×)"
+        )
     print("checks:", found)

@@ -13,6 +13,9 @@ matmul measured in the same run, not to a datasheet peak. Rows:
    and whole-model GPT-3 (alternating dense/banded) vs GPT-2 (all dense) forward at long context
 5. the Transformer, BERT and T5 against Marian, BERT and T5 (``benchmarks/encoders.py``): train
    step and greedy decoding
+6. the Switch layer (forward + backward) at 8, 64 and 256 experts against transformers'
+   ``SwitchTransformersSparseMLP`` and against a dense FFN of the same active FLOPs
+   (``benchmarks/moe.py``)
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import encoders  # noqa: E402
+from benchmarks import moe as moe_bench  # noqa: E402
 from benchmarks.attention_ops import attention_inputs, banded_op, dense_op  # noqa: E402
 from benchmarks.timing import (  # noqa: E402
     Timing,
@@ -83,6 +87,7 @@ class Sizes:
     model_repeats: int = 3
     measure_memory: bool = True
     encoders: encoders.EncoderSizes = encoders.DEFAULT  # the Transformer, BERT and T5 rows
+    moe: moe_bench.MoESizes = moe_bench.DEFAULT  # the Switch layer rows
 
 
 DEFAULT = Sizes()
@@ -106,6 +111,7 @@ QUICK = Sizes(
     model_tokens=512,
     model_repeats=2,
     encoders=encoders.QUICK,
+    moe=moe_bench.QUICK,
 )
 
 
@@ -477,6 +483,7 @@ def run_all(sizes: Sizes, label: str = "custom", progress: Callable[[str], None]
     stage("long-context forward")
     rows.extend(bench_long_forward(sizes))
     rows.extend(encoders.encoder_rows(sizes.encoders, checks, stage))
+    rows.extend(moe_bench.moe_rows(sizes.moe, checks, lambda name: stage(f"Switch layer, {name}")))
     return {
         "run": label,
         "machine": machine,

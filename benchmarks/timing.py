@@ -36,8 +36,12 @@ class Timing:
 
 
 def time_once(fn: Callable[[], object]) -> float:
+    """Wall time of one call; on a machine with CUDA, the GPU's queued work is waited for at both ends."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 

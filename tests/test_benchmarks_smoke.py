@@ -31,6 +31,7 @@ EXPECTED_ROWS = {
     "t5_train_tokens_per_s",
     "transformer_decode_tokens_per_s",
     "t5_decode_tokens_per_s",
+    *(f"switch_{n}e_{kind}_tokens_per_s" for n in (2, 8) for kind in ("fwd_bwd", "vs_dense")),
 }
 
 
@@ -72,6 +73,9 @@ def tiny_sizes(bench):
             bench.encoders.QUICK, layers=1, hidden=32, heads=2, ffn=64, vocab=64, source=8, target=8,
             train_warmup=0, train_repeats=1, prompt=4, new_tokens=3, decode_repeats=1,
         ),  # fmt: skip
+        moe=dataclasses.replace(
+            bench.moe_bench.QUICK, d_model=16, d_ff=32, batch=2, seq=16, experts=(2, 8), warmup=0, repeats=1
+        ),
     )
 
 
@@ -95,6 +99,8 @@ def test_quick_run_writes_every_row_with_positive_numbers(bench, tmp_path, monke
     for name in ("transformer", "bert", "t5"):
         assert results["checks"][f"{name}_initial_loss_abs_diff"] < 1e-4, name
     assert results["checks"]["transformer_decode_same_tokens"] and results["checks"]["t5_decode_same_tokens"]
+    for n in (2, 8):  # our Switch layer and transformers' hold the same weights: the same outputs
+        assert results["checks"][f"switch_{n}e_max_abs_diff"] < 1e-5, n
     assert results["run"] == "quick" and results["machine"]["torch"]
 
     table = capsys.readouterr().out

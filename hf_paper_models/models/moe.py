@@ -26,6 +26,7 @@ Hub-exportable: only the standard library and ``torch``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -49,9 +50,33 @@ def _grouped_mm_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():  # its shape function (meta kernel) takes bfloat16 only
         return x.dtype == torch.bfloat16 and x.device.type in ("cpu", "cuda")
     if x.device.type == "cuda":  # documented for bfloat16 on compute capability 8.0 and above
-        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
-    # Some CPU kernels want 16-byte aligned operands (memory-mapped weights may not be).
-    return x.device.type == "cpu" and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0
+        if x.dtype == torch.bfloat16:
+            return torch.cuda.get_device_capability(x.device) >= (8, 0)
+        return _grouped_mm_runs(str(x.device), x.dtype)  # float32 / float16 where this build has them
+    # The CPU kernel takes float32 and the half types, and some want 16-byte aligned operands
+    # (memory-mapped weights may not be).
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and x.data_ptr() % 16 == 0
+        and weight.data_ptr() % 16 == 0
+    )
+
+
+@functools.cache
+def _grouped_mm_runs(device: str, dtype: torch.dtype) -> bool:
+    """Whether this build's ``grouped_mm`` takes ``dtype`` on ``device``, forward and backward: tried
+    once on a tiny case (the loop of per-expert matmuls is the fallback)."""
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.split(":")[0], enabled=False):
+            x = torch.zeros(32, 16, device=device, dtype=dtype, requires_grad=True)
+            weight = torch.zeros(2, 16, 16, device=device, dtype=dtype, requires_grad=True)
+            offsets = torch.tensor([16, 32], device=device, dtype=torch.int32)
+            out = F.grouped_mm(x, weight, offs=offsets)
+            out.backward(torch.ones_like(out))
+        return True
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
 
 
 def _segments(offsets: torch.Tensor):
@@ -145,6 +170,30 @@ class Experts(nn.Module):
         return grouped_linear(hidden, self.wo, offsets)
 
 
+class _PermuteRows(torch.autograd.Function):
+    """``x[perm]`` for a permutation ``perm`` of the rows, whose gradient is ``grad[inverse]``: a gather
+    both ways. (Autograd's backward of ``x[index]`` is an accumulating scatter, which must allow for
+    repeated indices; a permutation has none.)"""
+
+    @staticmethod
+    def forward(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[2])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+def permute_rows(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` in the order ``perm`` (``inverse`` is its inverse permutation)."""
+    return _PermuteRows.apply(x, perm, inverse)
+
+
 def dispatch(
     x: torch.Tensor,
     expert_index: torch.Tensor,
@@ -162,21 +211,22 @@ def dispatch(
     num_experts = experts.num_experts
     flat_expert = torch.where(keep, expert_index, num_experts).reshape(-1)  # dropped -> after all experts
     order = torch.argsort(flat_expert, stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
     sorted_expert = flat_expert[order]
     kept_sorted = (sorted_expert < num_experts).unsqueeze(-1)
     counts = torch.zeros(num_experts + 1, dtype=torch.long, device=x.device)
     counts = counts.scatter_add_(0, sorted_expert, torch.ones_like(sorted_expert))[:num_experts]
     offsets = torch.cumsum(counts, 0).to(torch.int32)
+    # Assignment t·k + j is token t's j-th choice: repeat each token k times, then sort by expert.
+    x_assigned = x if k == 1 else x.unsqueeze(1).expand(tokens, k, x.shape[-1]).reshape(tokens * k, -1)
     # Rows past offsets[-1] (dropped assignments) are never computed: zero them on the way in (their
     # input gradient is unspecified) and on the way out, before anything multiplies them (their output
     # is unspecified memory, possibly NaN, and 0 · NaN would reach the router's gradient).
-    x_sorted = x[order // k if k > 1 else order].masked_fill(~kept_sorted, 0.0)
+    x_sorted = permute_rows(x_assigned, order, inverse).masked_fill(~kept_sorted, 0.0)
     y_sorted = torch.where(kept_sorted, experts(x_sorted, offsets), 0.0)
     weights_sorted = combine_weights.reshape(-1)[order].unsqueeze(-1).to(y_sorted.dtype)
-    y_sorted = y_sorted * weights_sorted
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    y = y_sorted[inverse]
+    y = permute_rows(y_sorted * weights_sorted, inverse, order)
     return (y.view(tokens, k, -1).sum(1) if k > 1 else y).to(x.dtype)
 
 

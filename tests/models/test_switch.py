@@ -307,22 +307,26 @@ def test_capacity_and_no_token_left_behind_hand_worked(reroute):
     assert moe.expert_capacity(4, 3, 1.0) == 2 and moe.expert_capacity(10, 4, 1.25) == 4
 
 
-@pytest.mark.parametrize("grouped", [True, False], ids=["grouped_mm", "loop"])
-def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped):
+@pytest.mark.parametrize(
+    "grouped, dtype",
+    [(True, torch.float32), (False, torch.float32), (True, torch.float64)],
+    ids=["grouped_mm", "loop", "float64"],  # no grouped kernel takes float64: the loop runs
+)
+def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped, dtype):
     if not grouped:
         monkeypatch.setattr(moe, "_grouped_mm_available", lambda x, w: False)
     torch.manual_seed(0)
-    experts = moe.Experts(5, 6, 10, torch.nn.ReLU())
+    experts = moe.Experts(5, 6, 10, torch.nn.ReLU()).to(dtype)
     torch.nn.init.normal_(experts.wi)
     torch.nn.init.normal_(experts.wo)
-    x = torch.randn(30, 6, requires_grad=True)
+    x = torch.randn(30, 6, dtype=dtype, requires_grad=True)
     index = torch.randint(0, 5, (30, 2))
-    weights = torch.rand(30, 2, requires_grad=True)
+    weights = torch.rand(30, 2, dtype=dtype, requires_grad=True)
     keep = torch.rand(30, 2) > 0.3
     out = moe.dispatch(x, index, weights, keep, experts)
     rows = []
     for t in range(30):
-        row = torch.zeros(6)
+        row = torch.zeros(6, dtype=dtype)
         for j in range(2):
             if keep[t, j]:
                 e = int(index[t, j])
