@@ -1,6 +1,10 @@
-"""T5 pre-training (ZOO.md §3): the span-corruption objective of Raffel et al. (2020), §3.1.4.
+"""T5 and Switch Transformer pre-training (ZOO.md §3): the span-corruption objective of Raffel et al.
+(2020), §3.1.4, which Fedus et al. (2022, §2.3) pre-train the Switch Transformer with.
 
     python training/pretrain_t5.py --config training/configs/t5_tiny.yaml
+    python training/pretrain_t5.py --config training/configs/switch_tiny.yaml
+    python training/pretrain_t5.py --config training/configs/switch_tiny.yaml --model_overrides \\
+        '{"dropout_rate": 0.0, "num_experts": 16, "capacity_factor": 1.0}'
     python training/pretrain_t5.py --config training/configs/t5_tiny.yaml --max_steps 20 --output_dir runs/x
     python training/pretrain_t5.py --config training/configs/t5_tiny.yaml --dataset wikitext \\
         --dataset_config wikitext-103-raw-v1
@@ -16,6 +20,16 @@ as the targets. As the paper's vocabulary (§2.2: SentencePiece trained on Engli
 German, French and Romanian), the default vocabulary is trained on the English corpus mixed with the
 target side of the embedded parallel corpus and the words of the text-to-text task prefixes and
 answers, so that one vocabulary serves pre-training and the fine-tuning of ``training/finetune_t5.py``.
+
+Any encoder-decoder preset trains: ``t5-*`` (dense) and ``switch-*`` (a Switch layer every other FFN).
+A mixture-of-experts model's own forward pass adds its auxiliary loss (α · load balancing [+ router
+z-loss] of every Switch layer) to ``loss`` in training, so the recipe optimises ``loss`` as returned
+(``train_loss`` includes it; ``eval_loss`` is the cross-entropy alone) and logs beside it, from the
+model's outputs (``routing_metrics``): ``train_aux_loss``, ``train_load_balancing_loss`` (unweighted,
+summed over the Switch layers), ``train_expert_load_min`` / ``_max`` (the least and most loaded
+expert's share of a layer's tokens, averaged over the Switch layers; 1/experts each when balanced) and
+``train_dropped_fraction`` (tokens over capacity, averaged over the Switch layers); the final
+evaluation adds the same statistics as ``eval_*`` to ``eval_results.json``.
 
 Runs resume from the latest checkpoint in ``output_dir`` (``--resume_from_checkpoint no`` to start
 afresh); the model, tokenizer and README land in ``output_dir/final``, TensorBoard logs in
@@ -67,7 +81,8 @@ TASK_TEXT_REPEATS = 100  # how often the text-to-text task words appear in it
 @dataclass
 class ModelArguments(PresetArguments):
     preset: str = field(
-        default="t5-small", metadata={"help": f"An encoder-decoder preset: {', '.join(PRESETS)}."}
+        default="t5-small",
+        metadata={"help": f"An encoder-decoder preset (t5-* dense, switch-* sparse): {', '.join(PRESETS)}."},
     )
     hidden_size: int | None = None
     num_hidden_layers: int | None = None
@@ -76,7 +91,10 @@ class ModelArguments(PresetArguments):
     max_position_embeddings: int | None = None
     model_overrides: dict | str | None = field(
         default=None,
-        metadata={"help": 'Any other config fields, as a mapping (YAML) or JSON ({"dropout_rate": 0.0}).'},
+        metadata={
+            "help": 'Any other config fields, as a mapping (YAML) or JSON ({"dropout_rate": 0.0}; for a '
+            'switch-* preset also e.g. {"num_experts": 8, "capacity_factor": 1.25}).'
+        },
     )
     vocab_size: int = field(
         default=4096, metadata={"help": "Unigram vocabulary to train, 100 sentinels included."}
@@ -94,7 +112,6 @@ class ModelArguments(PresetArguments):
 
     def __post_init__(self) -> None:
         self.check_preset(AutoModelForSeq2SeqLM, "is not an encoder-decoder")
-
 
 
 @dataclass
@@ -136,7 +153,17 @@ class DataArguments:
 
 
 def build_config(model_args: ModelArguments, data_args: DataArguments, **extra: Any) -> PreTrainedConfig:
-    """The preset's config with the recipe's overrides; raises ValueError for an impossible one."""
+    """The preset's config with the recipe's overrides; raises ValueError for an impossible one, and for
+    a ``model_overrides`` key that the preset's config does not have (``num_experts`` for a dense T5):
+    a config would otherwise keep it as an unused attribute and train another model than asked."""
+    base = preset(model_args.preset)
+    known = set(base.to_dict()) | set(base.attribute_map)
+    unknown = sorted(set(model_args.model_overrides or {}) - known)
+    if unknown:
+        raise ValueError(
+            f"model_overrides {unknown} are not fields of {base.model_type}'s config (preset "
+            f"{model_args.preset!r}); known fields: {', '.join(sorted(known))}."
+        )
     config = preset(model_args.preset, **{**model_args.config_overrides(), **extra})
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and max(data_args.inputs_length, data_args.lengths()[1]) > limit:
@@ -246,11 +273,41 @@ def build_datasets(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase,
     return blocks
 
 
-def span_corruption_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of the target spans (sentinels and EOS included), teacher-forced."""
-    return model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-    ).loss
+def routing_metrics(out: Any) -> dict[str, torch.Tensor]:
+    """The routing statistics of a mixture-of-experts model's output, as scalars to log; ``{}`` for a
+    dense model. ``aux_loss``: the weighted auxiliary loss (what training adds to the loss);
+    ``load_balancing_loss``: its unweighted load-balancing part, summed over the layers, when the output
+    has it (N · Σ f_i · P_i, 1 per layer when balanced); ``expert_load_min`` / ``expert_load_max``: the
+    least and most loaded expert's share of each MoE layer's tokens, averaged over the layers
+    (``expert_load`` is (layers, experts) or (experts,)); ``dropped_fraction``: the share of tokens no
+    expert processed, averaged over the layers."""
+    aux = getattr(out, "aux_loss", None)
+    if aux is None:
+        return {}
+    metrics = {"aux_loss": aux.detach().float()}
+    parts = [getattr(out, f"{stack}_aux_loss", None) for stack in ("encoder", "decoder")]
+    if any(p is not None for p in parts):
+        metrics["load_balancing_loss"] = sum(p.detach().float() for p in parts if p is not None)
+    load = getattr(out, "expert_load", None)
+    if load is not None:
+        load = load.detach().float().reshape(-1, load.shape[-1])
+        metrics["expert_load_min"] = load.min(-1).values.mean()
+        metrics["expert_load_max"] = load.max(-1).values.mean()
+    dropped = getattr(out, "dropped_fraction", None)
+    if dropped is not None:
+        metrics["dropped_fraction"] = dropped.detach().float().mean()
+    return metrics
+
+
+def span_corruption_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean cross-entropy of the target spans (sentinels and EOS included), teacher-forced. A Switch
+    model's ``loss`` already holds its auxiliary loss in training (its forward adds it; nothing is added
+    here) and comes with its ``routing_metrics`` to log."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    metrics = routing_metrics(out)
+    return (out.loss, metrics) if metrics else out.loss
 
 
 def sentinel_id_tensor(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
@@ -262,9 +319,11 @@ def sentinel_id_tensor(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
 def evaluate_spans(accelerator: Accelerator, model: torch.nn.Module, dataloader: Any, sentinels: torch.Tensor,
                    max_batches: int | None = None) -> dict[str, float]:  # fmt: skip
     """Held-out loss and the accuracy of the teacher-forced argmax on the dropped tokens (sentinels and
-    EOS excluded): how often the model fills a blank with the right token."""
+    EOS excluded): how often the model fills a blank with the right token; for a mixture-of-experts
+    model also its ``routing_metrics`` in evaluation, averaged over the batches, as ``eval_*``."""
     model.eval()
     loss_sum, correct, total, batches = 0.0, 0, 0, 0
+    routing: dict[str, float] = {}
     for index, batch in enumerate(dataloader):
         if max_batches is not None and index >= max_batches:
             break
@@ -285,8 +344,14 @@ def evaluate_spans(accelerator: Accelerator, model: torch.nn.Module, dataloader:
         correct += int(stats[1].item())
         total += int(stats[2].item())
         batches += int(stats[3].item())
+        metrics = routing_metrics(out)
+        if metrics:
+            sums = accelerator.reduce(torch.stack(list(metrics.values())).to(accelerator.device), "sum")
+            for key, value in zip(metrics, sums.tolist()):
+                routing[key] = routing.get(key, 0.0) + value
     model.train()
-    return {"eval_loss": loss_sum / max(batches, 1), "span_token_accuracy": correct / max(total, 1)}
+    results = {"eval_loss": loss_sum / max(batches, 1), "span_token_accuracy": correct / max(total, 1)}
+    return {**results, **{f"eval_{key}": value / max(batches, 1) for key, value in routing.items()}}
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -312,8 +377,12 @@ def main(argv: list[str] | None = None) -> Path:
         tokenizer, data_args.noise_density, data_args.mean_noise_span_length, seed=loop_args.seed
     )
     raw_length, target_length = data_args.lengths()
+    experts = getattr(config, "num_experts", None)
+    routing = (
+        f", {experts} experts per Switch layer (capacity factor {config.capacity_factor})" if experts else ""
+    )
     accelerator.print(
-        f"{model_args.preset} ({config.model_type}): {model.num_parameters() / 1e6:.2f}M parameters, vocab "
+        f"{model_args.preset} ({config.model_type}{routing}): {model.num_parameters() / 1e6:.2f}M parameters, vocab "
         f"{len(tokenizer)}, {len(data['train'])} train / {len(data['validation'])} validation blocks of "
         f"{raw_length} tokens -> {data_args.inputs_length} input / {target_length} target tokens, "
         f"{accelerator.num_processes} process(es)."

@@ -1,0 +1,327 @@
+"""The Switch Transformer reaches the dense T5's span-corruption loss in fewer steps at equal FLOPs per
+token (Fedus, Zoph & Shazeer 2022, §3.1 and Figure 4), at laptop scale.
+
+A dense T5 (``paper-t5``) and a Switch Transformer (``paper-switch``) of the same d_model, d_ff, heads
+and layers are pre-trained with span corruption through the recipe ``training/pretrain_t5.py``
+(``training/configs/t5_tiny.yaml`` / ``switch_tiny.yaml``). The Switch model's FFN of every other layer
+is a Switch layer of ``num_experts`` experts, each the dense FFN's size, with top-1 routing: every token
+passes through one expert, so the FFN's FLOPs per token equal the dense FFN's (plus the router's
+d_model × experts); the extra parameters are what the paper buys with sparsity. Both models see the
+same tokenizer, the same training blocks in the same order with the same corruption (same seed), the
+same batch, optimiser, schedule and steps, and are evaluated on the same held-out blocks every
+``eval_steps``. The Switch model keeps the paper's own settings (capacity factor 1.25 in training,
+α = 0.01, jitter 0.01, initialisation scale 0.1) and its training loss includes its load-balancing loss;
+the validation loss compared is the cross-entropy alone for both.
+
+The claim is decided by a rule fixed here before any run (``RULE``): let L be the dense model's final
+validation loss and S_dense the step at which the dense model's own validation curve first reaches L
+(its last step unless the curve dipped below it earlier); S_switch the step at which the Switch model's
+curve first reaches L (linearly interpolated between evaluations); the claim holds if
+S_switch <= 0.8 × S_dense, i.e. a speed-up S_dense / S_switch of at least 1.25. The paper reports
+speed-ups of several times in steps for Switch-Base over T5-Base at the same FLOPs per token (§3.1,
+Figure 4, right); we make no claim about the size of the speed-up at this scale beyond the rule.
+
+    python reproductions/switch_vs_t5.py                     # two ~5-minute runs on one CPU thread
+    python reproductions/switch_vs_t5.py --smoke             # seconds: keeps the pipeline running
+    python reproductions/switch_vs_t5.py --set max_steps=1000 num_experts=16
+    python reproductions/switch_vs_t5.py --reuse             # the rule and figure again, from the JSON
+
+Writes ``switch_vs_t5.json`` and ``switch_vs_t5.png`` into ``--output-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from reproductions.common import (  # noqa: E402
+    Timer,
+    add_set_option,
+    apply_settings,
+    device_name,
+    new_figure,
+    output_dir,
+    save_figure,
+    seed_everything,
+    write_json,
+)
+
+NAME = "switch_vs_t5"
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "training" / "pretrain_t5.py"
+CONFIGS = {"dense": ROOT / "training" / "configs" / "t5_tiny.yaml",
+           "switch": ROOT / "training" / "configs" / "switch_tiny.yaml"}  # fmt: skip
+LABELS = {"dense": "T5 (dense)", "switch": "Switch"}
+
+# The rule, fixed before the runs: the Switch model reaches the dense model's final validation loss in at
+# most this fraction of the steps the dense model took to reach it.
+MAX_STEP_RATIO = 0.8
+RULE = (
+    f"the Switch model's validation loss reaches the dense T5's final validation loss within "
+    f"{MAX_STEP_RATIO} x the steps the dense model took to reach it (speed-up dense steps / Switch steps "
+    f">= {1 / MAX_STEP_RATIO:g}), steps interpolated linearly between evaluations"
+)
+
+
+@dataclass
+class Settings:
+    seed: int = 42
+    threads: int = 1
+    # both models (t5_tiny.yaml's sizes); the Switch model adds experts in every other FFN
+    hidden_size: int = 64
+    num_layers: int = 2  # per stack
+    num_heads: int = 4
+    d_ff: int = 256
+    dropout_rate: float = 0.0
+    num_experts: int = 8
+    capacity_factor: float = 1.25
+    # data: the embedded corpus, 64-token corrupted inputs
+    vocab_size: int = 2048
+    max_documents: int = 2000
+    inputs_length: int = 64
+    # optimisation, identical for both: AdamW, T5's inverse-square-root decay after a short warmup (§3.1.2
+    # of the T5 paper; the Switch paper keeps T5's recipe), so that no end-of-schedule annealing bends
+    # either curve
+    batch_size: int = 32
+    learning_rate: float = 1e-2
+    lr_scheduler_type: str = "inverse_sqrt"
+    warmup_steps: int = 20
+    max_steps: int = 600
+    # evaluation: the same held-out blocks (and corruption) at every evaluation
+    eval_steps: int = 25
+    eval_batch_size: int = 64
+    max_eval_batches: int = 8
+    logging_steps: int = 10
+
+
+SMOKE = dict(
+    hidden_size=32, num_layers=2, num_heads=2, d_ff=64, num_experts=4, vocab_size=512, max_documents=40,
+    inputs_length=32, batch_size=8, warmup_steps=2, max_steps=6, eval_steps=2, eval_batch_size=16,
+    max_eval_batches=2, logging_steps=2,
+)  # fmt: skip
+
+
+def load_recipe():
+    """``training/pretrain_t5.py`` as a module (it is a script, not part of the package)."""
+    if "pretrain_t5" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("pretrain_t5", RECIPE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["pretrain_t5"] = module  # dataclasses look their module up while being created
+        spec.loader.exec_module(module)
+    return sys.modules["pretrain_t5"]
+
+
+def recipe_argv(model: str, s: Settings, run_dir: Path, cache: Path) -> list[str]:
+    """The recipe's command line for one model: everything but the preset and the routing is shared."""
+    overrides: dict = {"dropout_rate": s.dropout_rate}
+    if model == "switch":
+        overrides.update(num_experts=s.num_experts, capacity_factor=s.capacity_factor)
+    return [
+        "--config", str(CONFIGS[model]), "--output_dir", str(run_dir), "--resume_from_checkpoint", "no",
+        "--tokenizer_cache_dir", str(cache), "--report_to", "none", "--seed", str(s.seed),
+        "--hidden_size", str(s.hidden_size), "--num_hidden_layers", str(s.num_layers),
+        "--num_attention_heads", str(s.num_heads), "--intermediate_size", str(s.d_ff),
+        "--max_position_embeddings", str(max(128, 2 * s.inputs_length)),
+        "--model_overrides", json.dumps(overrides), "--vocab_size", str(s.vocab_size),
+        "--max_documents", str(s.max_documents), "--inputs_length", str(s.inputs_length),
+        "--per_device_train_batch_size", str(s.batch_size), "--per_device_eval_batch_size", str(s.eval_batch_size),
+        "--learning_rate", str(s.learning_rate), "--lr_scheduler_type", s.lr_scheduler_type,
+        "--warmup_steps", str(s.warmup_steps), "--max_steps", str(s.max_steps), "--eval_steps", str(s.eval_steps),
+        "--max_eval_batches", str(s.max_eval_batches), "--logging_steps", str(s.logging_steps),
+        "--save_steps", "0", "--save_total_limit", "1",
+    ]  # fmt: skip
+
+
+def steps_to_reach(curve: Sequence[Sequence[float]], target: float) -> float | None:
+    """The first step at which an evaluation curve ``[(step, loss), ...]`` reaches ``target``, linearly
+    interpolated between the two evaluations around the crossing (the first evaluation's step when that
+    one is already at or below it); ``None`` if it never does."""
+    previous = None
+    for step, loss in curve:
+        if loss <= target:
+            if previous is None:
+                return float(step)
+            (step0, loss0) = previous
+            return step0 + (step - step0) * (loss0 - target) / (loss0 - loss)
+        previous = (step, loss)
+    return None
+
+
+def train(recipe, model: str, s: Settings, out: Path, cache: Path) -> dict:
+    run_dir = out / "runs" / model
+    shutil.rmtree(run_dir, ignore_errors=True)
+    seed_everything(s.seed)
+    print(f"\n=== {LABELS[model]}: {s.max_steps} steps ===", flush=True)
+    with Timer() as timer:
+        recipe.main(recipe_argv(model, s, run_dir, cache))
+    report = json.loads((run_dir / "eval_results.json").read_text())
+    config = json.loads((run_dir / "final" / "config.json").read_text())
+    history = report["history"]
+    trains = [h for h in history if "train_loss" in h]
+    last = trains[-1] if trains else {}
+    speeds = [h["tokens_per_second"] for h in trains if "tokens_per_second" in h]
+    result = {
+        "model_type": config["model_type"],
+        "parameters": _parameters(run_dir / "final"),
+        "steps": report["step"],
+        "final_eval_loss": report["eval_loss"],
+        "span_token_accuracy": report["span_token_accuracy"],
+        "final_train_loss": report["train_loss"],
+        "eval_curve": [[h["step"], h["eval_loss"]] for h in history if "eval_loss" in h],
+        "train_curve": [[h["step"], h["train_loss"]] for h in history if "train_loss" in h],
+        "train_tokens_per_second": sum(speeds) / len(speeds) if speeds else None,
+        "seconds": timer.seconds,
+        "cpu_seconds": timer.cpu_seconds,
+    }
+    if model == "switch":
+        keys = ("aux_loss", "load_balancing_loss", "expert_load_min", "expert_load_max", "dropped_fraction")
+        result["num_experts"] = config["num_experts"]
+        result["capacity_factor"] = config["capacity_factor"]
+        result["routing_at_end"] = {
+            "train": {k: last.get(f"train_{k}") for k in keys},  # the last logging interval
+            "eval": {k: report.get(f"eval_{k}") for k in keys},  # the final evaluation (no capacity limit)
+            "balanced_load": 1.0 / config["num_experts"],
+        }
+        result["routing_curve"] = [
+            {"step": h["step"], **{k: h[f"train_{k}"] for k in keys if f"train_{k}" in h}} for h in trains
+        ]
+    return result
+
+
+def _parameters(folder: Path) -> int:
+    """Parameters of a saved model (the tied embedding stored once, as ``num_parameters`` counts it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+
+
+def decide(dense: dict, switch: dict) -> dict:
+    """The rule (``RULE``) applied to the two evaluation curves; the target is the dense curve's last
+    point (the final evaluation, taken from the curve itself so that it is reached exactly)."""
+    target = dense["eval_curve"][-1][1]
+    dense_steps = steps_to_reach(dense["eval_curve"], target)
+    switch_steps = steps_to_reach(switch["eval_curve"], target)
+    speedup = dense_steps / switch_steps if dense_steps and switch_steps else None
+    return {
+        "claim": "At equal FLOPs per token, the Switch Transformer reaches the dense T5's span-corruption "
+        "loss in fewer steps (Fedus et al. 2022, §3.1, Figure 4)",
+        "rule": RULE,
+        "max_step_ratio": MAX_STEP_RATIO,
+        "target_loss": target,
+        "dense_steps_to_target": dense_steps,
+        "switch_steps_to_target": switch_steps,
+        "step_ratio": switch_steps / dense_steps if dense_steps and switch_steps else None,
+        "speedup": speedup,
+        "final_eval_loss": {"dense": target, "switch": switch["eval_curve"][-1][1]},
+        "holds": bool(
+            switch_steps is not None and dense_steps and switch_steps <= MAX_STEP_RATIO * dense_steps
+        ),
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    fig, (ax_loss, ax_route) = new_figure(ncols=2, width=5.5)
+    models, decision = result["models"], result
+    for name, style in (("dense", "s-"), ("switch", "o-")):
+        m = models[name]
+        extra = f", {m['num_experts']} experts" if name == "switch" else ""
+        ax_loss.plot(
+            *zip(*m["eval_curve"]),
+            style,
+            ms=3,
+            label=f"{LABELS[name]}{extra}: {m['parameters'] / 1e6:.2f}M params",
+        )
+    ax_loss.axhline(decision["target_loss"], color="gray", ls="--", lw=1,
+                    label=f"dense final loss {decision['target_loss']:.3f}")  # fmt: skip
+    if decision["switch_steps_to_target"] is not None:
+        ax_loss.axvline(decision["switch_steps_to_target"], color="tab:orange", ls=":", lw=1,
+                        label=f"Switch reaches it at step {decision['switch_steps_to_target']:.0f} "
+                        f"(speed-up {decision['speedup']:.2f}x)")  # fmt: skip
+    curves = [loss for m in models.values() for _, loss in m["eval_curve"]]
+    low = min(curves)
+    ax_loss.set_ylim(low - 0.1, min(max(curves), low + 2.5))
+    ax_loss.set(xlabel="optimizer step", ylabel="validation span-corruption loss (nats/token)",
+                title=f"Switch vs dense T5, equal FLOPs/token (holds: {decision['holds']})")  # fmt: skip
+    ax_loss.legend(fontsize=7)
+    routing = models["switch"]["routing_curve"]
+    steps = [r["step"] for r in routing]
+    for key, style in (("expert_load_max", "-"), ("expert_load_min", "--"), ("dropped_fraction", ":")):
+        ax_route.plot(steps, [r.get(key) for r in routing], style, label=key.replace("_", " "))
+    ax_route.axhline(
+        models["switch"]["routing_at_end"]["balanced_load"], color="gray", lw=1, label="1 / experts"
+    )
+    ax_route.set(xlabel="optimizer step", ylabel="fraction of a Switch layer's tokens",
+                 title="Switch routing in training (mean over Switch layers)")  # fmt: skip
+    ax_route.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", default=f"runs/reproductions/{NAME}")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (seconds)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help=f"train nothing: apply the rule to the curves of OUTPUT_DIR/{NAME}.json (its models, settings, "
+        "device and times are kept) and write the JSON and figure again",
+    )
+    add_set_option(parser)
+    args = parser.parse_args(argv)
+    s = Settings(**SMOKE) if args.smoke else Settings()
+    try:
+        s = apply_settings(s, args.set)
+    except ValueError as error:
+        parser.error(str(error))
+    out = output_dir(args.output_dir)
+    if args.reuse:
+        saved = out / f"{NAME}.json"
+        if not saved.is_file():
+            parser.error(f"--reuse: {saved} does not exist")
+        previous = json.loads(saved.read_text(encoding="utf-8"))
+        models = previous["models"]
+        run = {k: previous[k] for k in ("smoke", "settings", "device", "seconds_total", "cpu_seconds_total")}
+        run["reused"] = True
+    else:
+        cache = out / "tokenizer-cache"
+        torch.set_num_threads(s.threads)
+        recipe = load_recipe()
+        with Timer() as total:
+            models = {name: train(recipe, name, s, out, cache) for name in ("dense", "switch")}
+        run = {"smoke": args.smoke, "settings": asdict(s), "device": device_name(),
+               "seconds_total": total.seconds, "cpu_seconds_total": total.cpu_seconds}  # fmt: skip
+    decision = decide(models["dense"], models["switch"])
+    result = {"name": NAME, **decision, "models": models, **run}
+    write_json(out / f"{NAME}.json", result)
+    plot(result, out / f"{NAME}.png")
+    switch_end = models["switch"]["routing_at_end"]["train"]
+    fmt = lambda v: "never" if v is None else f"{v:.0f}"  # noqa: E731
+    print(
+        f"dense final validation loss {decision['target_loss']:.4f} (reached at step "
+        f"{fmt(decision['dense_steps_to_target'])}); Switch {models['switch']['final_eval_loss']:.4f} at the end, "
+        f"reaching the dense final loss at step {fmt(decision['switch_steps_to_target'])}"
+        + (f" (speed-up {decision['speedup']:.2f}x)" if decision["speedup"] else "")
+        + f". Switch at the end: aux loss {switch_end['aux_loss']:.4f}, expert load min/max "
+        f"{switch_end['expert_load_min']:.3f}/{switch_end['expert_load_max']:.3f} (balanced "
+        f"{1 / models['switch']['num_experts']:.3f}), dropped {switch_end['dropped_fraction']:.3f}. "
+        f"Claim holds: {decision['holds']}. {run['seconds_total']:.0f} s wall ({run['cpu_seconds_total']:.0f} s CPU); "
+        f"wrote {out}."
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
