@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -26,6 +28,19 @@ __all__ = [
 
 
 S = TypeVar("S")
+
+
+def load_script(path: str | os.PathLike[str]):
+    """A training script (``training/*.py``: scripts, not part of the package) as a module, imported once
+    under its file name."""
+    path = Path(path)
+    name = path.stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while being created
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def add_set_option(parser) -> None:

@@ -59,7 +59,6 @@ loss, and the formant plane coloured by the expert the gate gives each point) in
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 from collections.abc import Sequence
@@ -78,6 +77,7 @@ from reproductions.common import (
     add_set_option,
     apply_settings,
     device_name,
+    load_script,
     new_figure,
     output_dir,
     save_figure,
@@ -147,12 +147,7 @@ SMOKE = dict(num_speakers=12, num_train_speakers=8, num_seeds=2, adam_steps=12, 
 
 def load_recipe():
     """``training/train_local_experts.py`` as a module (it is a script, not part of the package)."""
-    if "train_local_experts" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_local_experts", RECIPE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["train_local_experts"] = module  # dataclasses look their module up while being created
-        spec.loader.exec_module(module)
-    return sys.modules["train_local_experts"]
+    return load_script(RECIPE)
 
 
 # ----------------------------------------------------------------------------------------------

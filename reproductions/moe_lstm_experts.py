@@ -62,6 +62,7 @@ from reproductions.common import (
     add_set_option,
     apply_settings,
     device_name,
+    load_script,
     new_figure,
     output_dir,
     save_figure,
@@ -119,14 +120,7 @@ SMOKE = dict(
 
 def load_recipe():
     """``training/pretrain_lm.py`` as a module (it is a script, not part of the package)."""
-    if "pretrain_lm" not in sys.modules:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("pretrain_lm", RECIPE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pretrain_lm"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["pretrain_lm"]
+    return load_script(RECIPE)
 
 
 def expert_counts(s: Settings) -> list[int]:

@@ -32,7 +32,6 @@ Writes ``switch_vs_t5.json`` and ``switch_vs_t5.png`` into ``--output-dir``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import shutil
@@ -51,6 +50,7 @@ from reproductions.common import (  # noqa: E402
     add_set_option,
     apply_settings,
     device_name,
+    load_script,
     new_figure,
     output_dir,
     save_figure,
@@ -115,12 +115,7 @@ SMOKE = dict(
 
 def load_recipe():
     """``training/pretrain_t5.py`` as a module (it is a script, not part of the package)."""
-    if "pretrain_t5" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("pretrain_t5", RECIPE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pretrain_t5"] = module  # dataclasses look their module up while being created
-        spec.loader.exec_module(module)
-    return sys.modules["pretrain_t5"]
+    return load_script(RECIPE)
 
 
 def recipe_argv(model: str, s: Settings, run_dir: Path, cache: Path) -> list[str]:

@@ -24,7 +24,6 @@ measured a training step 25x slower with two spinning OpenMP threads than with o
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from reproductions.common import Timer, new_figure, output_dir, save_figure, seed_everything  # noqa: E402
+from reproductions.common import Timer, load_script, new_figure, output_dir, save_figure, seed_everything  # noqa: E402
 
 PRETRAIN = ROOT / "training" / "pretrain_t5.py"
 FINETUNE = ROOT / "training" / "finetune_t5.py"
@@ -69,17 +68,6 @@ SMOKE_FINETUNE = ["--max_steps", "4", "--warmup_steps", "1", "--logging_steps", 
                   "--per_device_train_batch_size", "8", "--max_eval_examples", "8", "--max_eval_batches", "1",
                   "--max_train_examples", "64", "--max_target_length", "12", "--max_corpus_pairs", "2000",
                   "--max_documents", "40"]  # fmt: skip
-
-
-def load_script(path: Path):
-    """A training script as a module (scripts are not part of the package)."""
-    name = path.stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while being created
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def no_context_baselines(

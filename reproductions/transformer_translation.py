@@ -29,7 +29,6 @@ by source length) into ``--output-dir``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import sys
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from reproductions.common import (
     add_set_option,
     apply_settings,
     device_name,
+    load_script,
     new_figure,
     output_dir,
     save_figure,
@@ -97,12 +97,7 @@ SMOKE = dict(
 
 def load_recipe():
     """``training/train_translation.py`` as a module (it is a script, not part of the package)."""
-    if "train_translation" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_translation", RECIPE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["train_translation"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["train_translation"]
+    return load_script(RECIPE)
 
 
 def recipe_argv(s: Settings, run_dir: Path, cache: Path) -> list[str]:
