@@ -68,6 +68,7 @@ __all__ = [
     "micro_batch_seed",
     "parse_args",
     "resume_state",
+    "routing_metrics",
     "save_checkpoint",
     "save_final",
     "train_loop",
@@ -730,8 +731,10 @@ class PresetArguments:
 
     def check_preset(self, auto_class: type | None = None, needs: str = "") -> None:
         """Parse ``model_overrides`` and check that ``preset`` exists (and, given ``auto_class``, that
-        its model type has that head; ``needs`` names it in the error)."""
-        from hf_paper_models import PRESETS, REGISTRY
+        its model type has that head; ``needs`` names it in the error) and that every ``model_overrides``
+        key is a field of its config (``num_experts`` for a dense T5 would otherwise stay an unused
+        attribute, and another model than asked would train)."""
+        from hf_paper_models import PRESETS, REGISTRY, preset
 
         if isinstance(self.model_overrides, str):
             try:
@@ -744,8 +747,46 @@ class PresetArguments:
             raise ValueError(f"Unknown preset {self.preset!r}. Available presets: {', '.join(PRESETS)}.")
         if auto_class is not None and auto_class not in REGISTRY[PRESETS[self.preset]][1]:
             raise ValueError(f"Preset {self.preset!r} ({PRESETS[self.preset]}) {needs}.")
+        base = preset(self.preset)
+        known = set(base.to_dict()) | set(base.attribute_map)
+        unknown = sorted(set(self.model_overrides or {}) - known)
+        if unknown:
+            raise ValueError(
+                f"model_overrides {unknown} are not fields of {base.model_type}'s config (preset "
+                f"{self.preset!r}); known fields: {', '.join(sorted(known))}."
+            )
 
     def config_overrides(self) -> dict[str, Any]:
         """The size fields that were set, then ``model_overrides`` on top."""
         values = {k: getattr(self, k) for k in self.OVERRIDE_FIELDS if getattr(self, k) is not None}
         return {**values, **(self.model_overrides or {})}
+
+
+def routing_metrics(out: Any) -> dict[str, torch.Tensor]:
+    """The routing statistics of a mixture-of-experts model's output, as scalars to log; ``{}`` for a
+    dense model. ``aux_loss``: the weighted auxiliary loss (what training adds to the loss);
+    ``importance_loss`` / ``load_loss``: the MoE-LSTM's unweighted balancing losses, when the output has
+    them; ``load_balancing_loss``: the Switch layers' unweighted load-balancing part, summed over the
+    layers, when the output has it (N · Σ f_i · P_i, 1 per layer when balanced); ``expert_load_min`` / ``expert_load_max``: the
+    least and most loaded expert's share of each MoE layer's tokens, averaged over the layers
+    (``expert_load`` is (layers, experts) or (experts,)); ``dropped_fraction``: the share of tokens no
+    expert processed, averaged over the layers."""
+    aux = getattr(out, "aux_loss", None)
+    if aux is None:
+        return {}
+    metrics = {"aux_loss": aux.detach().float()}
+    for name in ("importance_loss", "load_loss"):  # the MoE-LSTM's unweighted parts (Shazeer et al. §4)
+        if getattr(out, name, None) is not None:
+            metrics[name] = getattr(out, name).detach().float()
+    parts = [getattr(out, f"{stack}_aux_loss", None) for stack in ("encoder", "decoder")]
+    if any(p is not None for p in parts):
+        metrics["load_balancing_loss"] = sum(p.detach().float() for p in parts if p is not None)
+    load = getattr(out, "expert_load", None)
+    if load is not None:
+        load = load.detach().float().reshape(-1, load.shape[-1])
+        metrics["expert_load_min"] = load.min(-1).values.mean()
+        metrics["expert_load_max"] = load.max(-1).values.mean()
+    dropped = getattr(out, "dropped_fraction", None)
+    if dropped is not None:
+        metrics["dropped_fraction"] = dropped.detach().float().mean()
+    return metrics

@@ -20,7 +20,6 @@ Writes ``bert_mlm_nsp.json`` and ``bert_mlm_nsp.png`` to ``--output_dir``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
@@ -31,6 +30,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
+    sys.path.insert(0, str(ROOT))
+
+from reproductions.common import load_script  # noqa: E402
+
 PRETRAIN = ROOT / "training" / "pretrain_bert.py"
 FINETUNE = ROOT / "training" / "finetune_bert.py"
 CONFIG = ROOT / "training" / "configs" / "bert_tiny.yaml"
@@ -47,15 +51,6 @@ SMOKE_FINETUNE = ["--max_documents", "20", "--max_steps", "4", "--warmup_steps",
                   "--per_device_train_batch_size", "8"]  # fmt: skip
 
 
-def load_script(path: Path):
-    """A training script as a module (scripts are not part of the package)."""
-    name = path.stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while being created
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def chance_levels(pretrain, argv: list[str]) -> dict[str, float]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
+
+from reproductions.common import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ROOT / "training" / "pretrain_bert.py"
@@ -30,16 +31,6 @@ TINY = [
     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--learning_rate", "2e-3",
     "--warmup_steps", "2", "--logging_steps", "2", "--eval_steps", "0", "--max_eval_batches", "2",
 ]  # fmt: skip
-
-
-def _load(path: Path):
-    name = path.stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while being created
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +80,20 @@ def _scalars(output_dir: Path) -> set[str]:
 def test_pretrain_bad_config_raises_before_any_work(tmp_path: Path, extra: list[str], message: str):
     output_dir = tmp_path / "out"
     with pytest.raises(ValueError, match=message):
-        _load(PRETRAIN).main([*TINY, "--output_dir", str(output_dir), *extra])
+        load_script(PRETRAIN).main([*TINY, "--output_dir", str(output_dir), *extra])
     assert not output_dir.exists()
 
 
 def test_finetune_bad_config_raises(tmp_path: Path):
     with pytest.raises(ValueError, match="not a folder"):
-        _load(FINETUNE).main(["--config", str(CONFIGS / "bert_finetune_tiny.yaml"), "--model_path",
+        load_script(FINETUNE).main(["--config", str(CONFIGS / "bert_finetune_tiny.yaml"), "--model_path",
                               str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")])  # fmt: skip
 
 
 def test_pretrain_resumes_exactly_then_finetunes(shared: Path, tmp_path: Path):
     """An uninterrupted run and a run killed after step 4 (checkpoint at 3) then resumed end with the same
     weights; the result fine-tunes into a sequence classifier. Only the killed run is a subprocess."""
-    pretrain = _load(PRETRAIN)
+    pretrain = load_script(PRETRAIN)
     steps = ["--max_steps", "6", "--save_steps", "3", "--tokenizer_cache_dir", str(shared / "tokenizers")]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     killed = _pretrain(shared, broken, *steps, "--interrupt_at_step", "4", check=False)
@@ -116,19 +107,26 @@ def test_pretrain_resumes_exactly_then_finetunes(shared: Path, tmp_path: Path):
     assert all(torch.equal(left[k], right[k]) for k in left), "weights differ after resume"
 
     report = json.loads((whole / "eval_results.json").read_text())
-    assert report["step"] == 6 and 0.0 <= report["eval_mlm_accuracy"] <= 1 and 0 <= report["eval_nsp_accuracy"] <= 1
+    assert (
+        report["step"] == 6
+        and 0.0 <= report["eval_mlm_accuracy"] <= 1
+        and 0 <= report["eval_nsp_accuracy"] <= 1
+    )
     assert report["eval_masked_tokens"] > 0 and report["eval_pairs"] > 0
     assert {"train_loss", "train_mlm_accuracy", "train_nsp_accuracy", "learning_rate"} <= _scalars(whole)
     assert (whole / "final" / "tokenizer.json").exists()
 
     out = tmp_path / "finetune"
-    final = _load(FINETUNE).main([
+    final = load_script(FINETUNE).main([
         "--config", str(CONFIGS / "bert_finetune_tiny.yaml"), "--model_path", str(whole / "final"),
         "--output_dir", str(out), "--max_documents", "15", "--max_steps", "3", "--warmup_steps", "1",
         "--per_device_train_batch_size", "8", "--logging_steps", "1", "--eval_steps", "0", "--report_to", "none",
     ])  # fmt: skip
     classifier = AutoModelForSequenceClassification.from_pretrained(final)
-    assert type(classifier).__name__ == "PaperBertForSequenceClassification" and classifier.config.num_labels == 2
+    assert (
+        type(classifier).__name__ == "PaperBertForSequenceClassification"
+        and classifier.config.num_labels == 2
+    )
     encoder = load_file(final / "model.safetensors")
     name = "bert.encoder.layer.1.attention.self.q_proj.weight"
     assert not torch.equal(encoder[name], left[name])  # fine-tuned from the pre-trained weights
@@ -137,7 +135,7 @@ def test_pretrain_resumes_exactly_then_finetunes(shared: Path, tmp_path: Path):
 
 def test_reproduction_smoke_runs_quickly(tmp_path: Path):
     start = time.perf_counter()
-    results = _load(REPRODUCTION).main(["--smoke", "--output_dir", str(tmp_path)])
+    results = load_script(REPRODUCTION).main(["--smoke", "--output_dir", str(tmp_path)])
     assert time.perf_counter() - start < 60
     written = json.loads((tmp_path / "bert_mlm_nsp.json").read_text())
     assert written["smoke"] and written["pretraining"]["step"] == results["pretraining"]["step"] > 0

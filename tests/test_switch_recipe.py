@@ -11,15 +11,15 @@ JSON and a PNG.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from reproductions.common import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ROOT / "training" / "pretrain_t5.py"
@@ -35,16 +35,6 @@ TINY = [
     # dropout on and the router's jitter at its default: resuming must restore their randomness too
     "--model_overrides", '{"dropout_rate": 0.1, "num_experts": 4, "capacity_factor": 1.0}',
 ]  # fmt: skip
-
-
-def load_script(path: Path):
-    name = path.stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +127,13 @@ def test_the_auxiliary_loss_is_counted_once(tmp_path):
 def test_routing_metrics_average_each_layers_extremes():
     from types import SimpleNamespace
 
-    pretrain = load_script(PRETRAIN)
+    from hf_paper_models.training_utils import routing_metrics
+
     out = SimpleNamespace(
         aux_loss=torch.tensor(0.03), encoder_aux_loss=torch.tensor(1.0), decoder_aux_loss=torch.tensor(2.0),
         expert_load=torch.tensor([[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]]), dropped_fraction=torch.tensor([0.1, 0.3]),
     )  # fmt: skip
-    metrics = {k: v.item() for k, v in pretrain.routing_metrics(out).items()}
+    metrics = {k: v.item() for k, v in routing_metrics(out).items()}
     assert metrics == pytest.approx(
         {
             "aux_loss": 0.03,
@@ -152,7 +143,13 @@ def test_routing_metrics_average_each_layers_extremes():
             "dropped_fraction": 0.2,
         }  # fmt: skip
     )
-    assert pretrain.routing_metrics(SimpleNamespace(loss=torch.tensor(1.0))) == {}
+    assert routing_metrics(SimpleNamespace(loss=torch.tensor(1.0))) == {}
+    # The MoE-LSTM's output: its unweighted importance and load losses, one MoE layer's load.
+    lstm = SimpleNamespace(aux_loss=torch.tensor(0.5), importance_loss=torch.tensor(2.0), load_loss=torch.tensor(3.0),
+                           expert_load=torch.tensor([[0.5, 0.25, 0.25]]))  # fmt: skip
+    assert {k: v.item() for k, v in routing_metrics(lstm).items()} == {
+        "aux_loss": 0.5, "importance_loss": 2.0, "load_loss": 3.0, "expert_load_min": 0.25, "expert_load_max": 0.5,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

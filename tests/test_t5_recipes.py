@@ -9,15 +9,15 @@ configurations before doing any work.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from reproductions.common import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ROOT / "training" / "pretrain_t5.py"
@@ -32,16 +32,6 @@ TINY = [
     "--eval_steps", "0", "--max_eval_batches", "1", "--warmup_steps", "0", "--report_to", "none",
     "--model_overrides", '{"dropout_rate": 0.1}',  # dropout on: resuming must restore its randomness too
 ]  # fmt: skip
-
-
-def load_script(path: Path):
-    name = path.stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ save, a local data file works. Bad configurations fail with a clear error before
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from hf_paper_models.training_utils import (
     load_text_dataset,
     micro_batch_seed,
 )
+from reproductions.common import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training" / "pretrain_lm.py"
@@ -109,16 +109,6 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     assert not different, f"tensors differ after resume: {different}"
 
 
-def _load_script():
-    """``training/pretrain_lm.py`` as a module (it is a script, not part of the package)."""
-    if "pretrain_lm" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("pretrain_lm", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pretrain_lm"] = module  # dataclasses look their module up while being created
-        spec.loader.exec_module(module)
-    return sys.modules["pretrain_lm"]
-
-
 # ----------------------------------------------------------------------------------------------
 # Fast checks of the machinery
 # ----------------------------------------------------------------------------------------------
@@ -188,7 +178,7 @@ def test_load_text_dataset_from_local_files(tmp_path: Path):
     ],
 )
 def test_bad_config_raises_before_training(tmp_path: Path, extra: list[str], message: str):
-    script = _load_script()
+    script = load_script(SCRIPT)
     output_dir = tmp_path / "out"
     argv = [*TINY, "--output_dir", str(output_dir), *extra]
     with pytest.raises(ValueError, match=message):
@@ -197,7 +187,7 @@ def test_bad_config_raises_before_training(tmp_path: Path, extra: list[str], mes
 
 
 def test_bad_config_file_and_choice(tmp_path: Path):
-    script = _load_script()
+    script = load_script(SCRIPT)
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text(GPT2_TINY.read_text() + "\nnum_layerz: 3\n")
     with pytest.raises(ValueError, match="num_layerz"):
@@ -209,7 +199,7 @@ def test_bad_config_file_and_choice(tmp_path: Path):
 
 def test_recipes_parse_and_fit_their_models():
     """Each YAML recipe parses, names its paper's model, and fits its block in the context."""
-    script = _load_script()
+    script = load_script(SCRIPT)
     expected = {
         "gpt1_tiny.yaml": "paper-gpt1",
         "gpt2_tiny.yaml": "paper-gpt2",
@@ -345,7 +335,7 @@ def test_local_json_dataset_in_process(tmp_path: Path, shared: Path, monkeypatch
         "none",
     ]
     try:
-        final = _load_script().main(argv)
+        final = load_script(SCRIPT).main(argv)
     finally:  # accelerate keeps its state in process-wide singletons
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()

@@ -8,7 +8,6 @@ weights as an uninterrupted one. The reproduction's smoke mode writes its JSON a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from reproductions.common import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training" / "train_translation.py"
@@ -34,12 +35,7 @@ TINY = [
 
 
 def load_recipe():
-    if "train_translation" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_translation", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["train_translation"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["train_translation"]
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ from hf_paper_models.training_utils import (
     load_text_dataset,
     make_accelerator,
     parse_args,
+    routing_metrics,
     save_final,
     train_loop,
 )
@@ -211,16 +212,8 @@ def causal_lm_loss(
     experts model (MoE-LSTM) adds its auxiliary loss to the loss in training and reports it: logged beside
     the loss, with its unweighted parts and the least and most loaded expert's share of the tokens."""
     out = model(input_ids=batch["input_ids"], labels=batch["labels"])
-    if getattr(out, "aux_loss", None) is None:
-        return out.loss
-    extras = {"aux_loss": out.aux_loss}
-    for name in ("importance_loss", "load_loss"):
-        if getattr(out, name, None) is not None:
-            extras[name] = getattr(out, name)
-    load = getattr(out, "expert_load", None)
-    if load is not None:
-        extras["expert_load_min"], extras["expert_load_max"] = load.min(), load.max()
-    return out.loss, extras
+    metrics = routing_metrics(out)
+    return (out.loss, metrics) if metrics else out.loss
 
 
 def main(argv: list[str] | None = None) -> Path:

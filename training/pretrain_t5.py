@@ -69,6 +69,7 @@ from hf_paper_models.training_utils import (
     load_text_dataset,
     make_accelerator,
     parse_args,
+    routing_metrics,
     save_final,
     train_loop,
 )
@@ -153,17 +154,8 @@ class DataArguments:
 
 
 def build_config(model_args: ModelArguments, data_args: DataArguments, **extra: Any) -> PreTrainedConfig:
-    """The preset's config with the recipe's overrides; raises ValueError for an impossible one, and for
-    a ``model_overrides`` key that the preset's config does not have (``num_experts`` for a dense T5):
-    a config would otherwise keep it as an unused attribute and train another model than asked."""
-    base = preset(model_args.preset)
-    known = set(base.to_dict()) | set(base.attribute_map)
-    unknown = sorted(set(model_args.model_overrides or {}) - known)
-    if unknown:
-        raise ValueError(
-            f"model_overrides {unknown} are not fields of {base.model_type}'s config (preset "
-            f"{model_args.preset!r}); known fields: {', '.join(sorted(known))}."
-        )
+    """The preset's config with the recipe's overrides; raises ValueError for an impossible one (an
+    unknown ``model_overrides`` key is refused earlier, by ``PresetArguments.check_preset``)."""
     config = preset(model_args.preset, **{**model_args.config_overrides(), **extra})
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and max(data_args.inputs_length, data_args.lengths()[1]) > limit:
@@ -273,30 +265,6 @@ def build_datasets(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase,
     return blocks
 
 
-def routing_metrics(out: Any) -> dict[str, torch.Tensor]:
-    """The routing statistics of a mixture-of-experts model's output, as scalars to log; ``{}`` for a
-    dense model. ``aux_loss``: the weighted auxiliary loss (what training adds to the loss);
-    ``load_balancing_loss``: its unweighted load-balancing part, summed over the layers, when the output
-    has it (N · Σ f_i · P_i, 1 per layer when balanced); ``expert_load_min`` / ``expert_load_max``: the
-    least and most loaded expert's share of each MoE layer's tokens, averaged over the layers
-    (``expert_load`` is (layers, experts) or (experts,)); ``dropped_fraction``: the share of tokens no
-    expert processed, averaged over the layers."""
-    aux = getattr(out, "aux_loss", None)
-    if aux is None:
-        return {}
-    metrics = {"aux_loss": aux.detach().float()}
-    parts = [getattr(out, f"{stack}_aux_loss", None) for stack in ("encoder", "decoder")]
-    if any(p is not None for p in parts):
-        metrics["load_balancing_loss"] = sum(p.detach().float() for p in parts if p is not None)
-    load = getattr(out, "expert_load", None)
-    if load is not None:
-        load = load.detach().float().reshape(-1, load.shape[-1])
-        metrics["expert_load_min"] = load.min(-1).values.mean()
-        metrics["expert_load_max"] = load.max(-1).values.mean()
-    dropped = getattr(out, "dropped_fraction", None)
-    if dropped is not None:
-        metrics["dropped_fraction"] = dropped.detach().float().mean()
-    return metrics
 
 
 def span_corruption_loss(
