@@ -335,18 +335,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     saved = out / "models"
     saved.mkdir(exist_ok=True)
     with Timer() as total:
-        models = {}
+        models, trained = {}, []
         for name in names:
             if args.reuse and (saved / f"{name}.json").is_file():
                 models[name] = json.loads((saved / f"{name}.json").read_text(encoding="utf-8"))
                 print(f"=== {LABELS[name]}: result taken from {saved / f'{name}.json'}")
             else:
                 models[name] = {**train_and_score(recipe, name, s, out, cache), "device": device_name()}
+                trained.append(name)
                 write_json(saved / f"{name}.json", models[name])
     if not {"rnnsearch", "rnnencdec"} <= models.keys():
         print(f"trained {', '.join(models)}; combine with --reuse once RNNsearch and RNNencdec are both there")
         return {"models": models}
+    reused = [name for name in models if name not in trained]
     common = {"smoke": args.smoke, "settings": asdict(s), "device": device_name(), "edges": list(EDGES),
+              "reused": reused,  # results read back with --reuse: their time is not in seconds_total
               "seconds_total": total.seconds, "cpu_seconds_total": total.cpu_seconds}  # fmt: skip
     result = {"name": NAME, **length_claim(models["rnnsearch"], models["rnnencdec"]),
               "models": {k: models[k] for k in ("rnnsearch", "rnnencdec")}, **common}  # fmt: skip

@@ -222,8 +222,9 @@ def test_models_trained_one_at_a_time_combine_with_reuse(tmp_path):
         (combined / f"{model}.json").write_bytes((tmp_path / model / "models" / f"{model}.json").read_bytes())
     done = _run(cache, [sys.executable, str(REPRODUCTION), "--smoke", "--reuse", "--threads", "1",
                         "--output-dir", str(tmp_path / "combined")])  # fmt: skip
-    assert "=== Training" not in done.stdout and "training for" not in done.stdout  # nothing trained again
+    assert "training for" not in done.stdout and "result taken from" in done.stdout  # nothing trained again
     length = json.loads((tmp_path / "combined" / "rnnsearch_length.json").read_text())
+    assert length["reused"] == ["rnnsearch", "rnnencdec"]
     for model in ("rnnsearch", "rnnencdec"):
         alone = json.loads((combined / f"{model}.json").read_text())
         assert length["models"][model]["test"]["bleu"] == alone["test"]["bleu"]
