@@ -87,6 +87,9 @@ class Settings:
     dropout_rate: float = 0.0
     num_experts: int = 8
     capacity_factor: float = 1.25
+    # capacity shared by all tokens of a batch (the paper's "tokens per batch"); "sequence" gives each
+    # 64-token sequence its own ceil(1.25 · 64 / 8) = 10 slots per expert, and drops far more
+    capacity_scope: str = "batch"
     # data: the embedded corpus, 64-token corrupted inputs
     vocab_size: int = 2048
     max_documents: int = 2000
@@ -122,7 +125,8 @@ def recipe_argv(model: str, s: Settings, run_dir: Path, cache: Path) -> list[str
     """The recipe's command line for one model: everything but the preset and the routing is shared."""
     overrides: dict = {"dropout_rate": s.dropout_rate}
     if model == "switch":
-        overrides.update(num_experts=s.num_experts, capacity_factor=s.capacity_factor)
+        overrides.update(num_experts=s.num_experts, capacity_factor=s.capacity_factor,
+                         capacity_scope=s.capacity_scope)
     return [
         "--config", str(CONFIGS[model]), "--output_dir", str(run_dir), "--resume_from_checkpoint", "no",
         "--tokenizer_cache_dir", str(cache), "--report_to", "none", "--seed", str(s.seed),

@@ -75,6 +75,11 @@ def _switch_to_ours(theirs: PreTrainedConfig) -> dict:
 
 def _switch_to_theirs(ours: PreTrainedConfig) -> PreTrainedConfig:
     capacity = ours.expert_capacity
+    if capacity is not None and getattr(ours, "capacity_scope", "sequence") != "sequence":
+        raise ValueError(
+            "transformers' Switch caps every expert per sequence; this config shares the capacity over the "
+            "batch (`capacity_scope='batch'`) and has no transformers twin."
+        )
     if capacity is None:
         if ours.eval_capacity_factor is not None or ours.max_position_embeddings is None:
             raise ValueError(

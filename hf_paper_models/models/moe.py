@@ -450,8 +450,10 @@ class SwitchFeedForward(nn.Module):
     """A Switch layer (Fedus et al. 2022, Figure 2): route each token to its top-1 expert, scale the
     expert's output by the router probability, drop tokens over the expert's capacity (output 0).
 
-    Groups are the rows of the input (one sequence each); the capacity holds per group: ``capacity`` if
-    given (tokens per expert and group, transformers' ``expert_capacity``), else
+    Groups are the rows of the input (one sequence each, transformers' convention), or with
+    ``capacity_scope="batch"`` all the tokens of the call (Mesh TensorFlow's group of a whole batch on
+    one device, §2.2: "tokens per batch"); the capacity holds per group: ``capacity`` if given (tokens
+    per expert and group, transformers' ``expert_capacity``), else
     ``ceil(capacity_factor · tokens / experts)`` with ``capacity_factor`` in training and
     ``eval_capacity_factor`` in evaluation (``None``: no token is dropped). ``reroute_overflow``: tokens
     over capacity at their first choice try their second choice ("No-Token-Left-Behind").
@@ -474,8 +476,12 @@ class SwitchFeedForward(nn.Module):
         aux_loss_coef: float = 0.01,
         z_loss_coef: float = 0.0,
         reroute_overflow: bool = False,
+        capacity_scope: str = "sequence",
     ):
         super().__init__()
+        if capacity_scope not in ("sequence", "batch"):
+            raise ValueError(f"capacity_scope must be 'sequence' or 'batch', got {capacity_scope!r}")
+        self.capacity_scope = capacity_scope
         self.num_experts = num_experts
         self.capacity_factor = capacity_factor
         self.eval_capacity_factor = eval_capacity_factor
@@ -495,8 +501,9 @@ class SwitchFeedForward(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
-        groups, group_size = (shape[0], shape[1]) if len(shape) == 3 else (1, shape[0])
         x = hidden_states.reshape(-1, shape[-1])
+        per_sequence = len(shape) == 3 and self.capacity_scope == "sequence"
+        groups, group_size = (shape[0], shape[1]) if per_sequence else (1, x.shape[0])
         logits = self.router(x)  # float32
         probs = torch.softmax(logits, dim=-1)
         gate, expert = probs.max(dim=-1)

@@ -66,7 +66,10 @@ class PaperSwitchConfig(PaperT5Config):
     - ``capacity_factor`` (training) / ``eval_capacity_factor`` (evaluation; ``None``: never drop):
       each expert takes at most ``ceil(capacity_factor · tokens / experts)`` tokens of a sequence.
       ``expert_capacity``, if set, fixes that number instead (transformers' convention, 64 in its
-      released configs), in training and evaluation alike.
+      released configs), in training and evaluation alike. ``capacity_scope``: "sequence" (the tokens
+      of a sequence share the capacity, as transformers') or "batch" (all tokens of a batch do, as the
+      paper's "tokens per batch" and Mesh TensorFlow's one group per device): short sequences with
+      few tokens per expert drop far fewer tokens with "batch".
     - ``router_jitter_noise`` ε, ``router_aux_loss_coef`` α (0.01, §2.2), ``router_z_loss_coef`` (ST-MoE's
       z-loss, 0: not in this paper), ``reroute_overflow`` (No-Token-Left-Behind),
       ``expert_dropout_rate`` (``None``: ``dropout_rate``; §3 fine-tunes with 0.4 inside the experts).
@@ -91,6 +94,7 @@ class PaperSwitchConfig(PaperT5Config):
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.0
     reroute_overflow: bool = False
+    capacity_scope: str = "sequence"
     expert_dropout_rate: float | None = None
     initializer_scale: float = 0.1
 
@@ -104,6 +108,10 @@ class PaperSwitchConfig(PaperT5Config):
         if self.eval_capacity_factor is not None:
             check_positive_float(self, "eval_capacity_factor")
         check_probability(self, "router_jitter_noise")
+        if self.capacity_scope not in ("sequence", "batch"):
+            raise ValueError(
+                f"{type(self).__name__}: `capacity_scope` must be 'sequence' or 'batch', got {self.capacity_scope!r}."
+            )
         for name in ("router_aux_loss_coef", "router_z_loss_coef"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -169,6 +177,7 @@ def switch_layer(config: PaperSwitchConfig) -> SwitchFeedForward:
         aux_loss_coef=config.router_aux_loss_coef,
         z_loss_coef=config.router_z_loss_coef,
         reroute_overflow=config.reroute_overflow,
+        capacity_scope=config.capacity_scope,
     )
 
 

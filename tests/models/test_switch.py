@@ -307,6 +307,37 @@ def test_capacity_and_no_token_left_behind_hand_worked(reroute):
     assert moe.expert_capacity(4, 3, 1.0) == 2 and moe.expert_capacity(10, 4, 1.25) == 4
 
 
+@pytest.mark.parametrize("scope", ["sequence", "batch"])
+def test_capacity_per_sequence_or_per_batch_hand_worked(scope):
+    """Two sequences of two tokens, two experts, capacity factor 1: sequence 0 sends both its tokens to
+    expert 0, sequence 1 both to expert 1. Per sequence an expert takes ceil(2 · 1 / 2) = 1 token, so
+    each sequence's second token is dropped (output 0); over the batch it takes ceil(4 · 1 / 2) = 2, so
+    none is."""
+    layer = moe.SwitchFeedForward(2, 3, 2, torch.nn.ReLU(), capacity_factor=1.0, capacity_scope=scope).train()
+    torch.manual_seed(0)
+    torch.nn.init.normal_(layer.experts.wi)
+    torch.nn.init.normal_(layer.experts.wo)
+    with torch.no_grad():
+        layer.router.weight.copy_(torch.eye(2))
+    x = torch.tensor([[[2.0, 0.0], [2.0, 0.0]], [[0.0, 2.0], [0.0, 2.0]]])
+    p_top = torch.softmax(torch.tensor([2.0, 0.0]), -1)[0]
+    with torch.no_grad():
+        out = layer(x)
+    expected = torch.stack([p_top * _expert(layer, 0, x[0, 0]), p_top * _expert(layer, 1, x[1, 0])])
+    torch.testing.assert_close(out[:, 0], expected)
+    if scope == "sequence":
+        assert torch.all(out[:, 1] == 0) and layer.stats.dropped_fraction.item() == 0.5
+    else:
+        torch.testing.assert_close(out[:, 1], expected)
+        assert layer.stats.dropped_fraction.item() == 0.0
+    with pytest.raises(ValueError, match="capacity_scope"):
+        moe.SwitchFeedForward(2, 3, 2, torch.nn.ReLU(), capacity_scope="group")
+    with pytest.raises(ValueError, match="capacity_scope"):
+        preset("switch-base-8", capacity_scope="device")
+    with pytest.raises(ValueError, match="no transformers twin"):
+        convert_to_transformers(ours_tiny(capacity_scope="batch", expert_capacity=4))
+
+
 @pytest.mark.parametrize(
     "grouped, dtype",
     [(True, torch.float32), (False, torch.float32), (True, torch.float64)],
