@@ -34,7 +34,13 @@ from .decoder import DecoderStack
 
 
 class PaperGPT2Config(PaperDecoderConfig):
-    """GPT-2 hyper-parameters. Defaults are GPT-2 small (124M): 12 layers, 768 wide, 12 heads."""
+    """GPT-2 hyper-parameters. Defaults are GPT-2 small (124M): 12 layers, 768 wide, 12 heads.
+
+    ``score_bias`` gives the sequence-classification head a bias. Off by default, as in
+    transformers' ``GPT2ForSequenceClassification`` (same parameters, exact conversion); the
+    InstructGPT reward model turns it on to hold its normalisation shift (Ouyang et al. 2022, §3.5:
+    demonstrations score 0 on average before RL; see ``hf_paper_models.rlhf.normalize_reward_bias``).
+    """
 
     model_type = "paper-gpt2"
 
@@ -43,6 +49,7 @@ class PaperGPT2Config(PaperDecoderConfig):
     activation_function: str = "gelu_new"
     bos_token_id: int | None = 50256
     eos_token_id: int | list[int] | None = 50256
+    score_bias: bool = False
 
 
 # Table 2 of the paper (layers, d_model); heads are d_model / 64 as in the released models.
@@ -189,7 +196,9 @@ class PaperGPT2ForSequenceClassification(PaperGPT2PreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.transformer = PaperGPT2Model(config)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        # No bias unless `score_bias` (the reward model's normalisation shift; see the config).
+        bias = bool(getattr(config, "score_bias", False))
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=bias)
         self.post_init()
 
     def forward(
