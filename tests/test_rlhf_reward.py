@@ -257,7 +257,8 @@ def test_normalize_reward_bias_centres_sft_samples_and_survives_reload(tmp_path,
 
     sft_before = torch.tensor([alone(p, r) for p, r in zip(prompts, sft)], dtype=torch.float64)
     others_before = torch.tensor([alone(p, r) for p, r in zip(other_prompts, others)], dtype=torch.float64)
-    shift = normalize_reward_bias(model, tokenizer, prompts, sft, batch_size=4)
+    columns = Dataset.from_dict({"prompt": prompts, "response": sft})  # the pipeline passes dataset columns
+    shift = normalize_reward_bias(model, tokenizer, columns["prompt"], columns["response"], batch_size=4)
     assert shift == pytest.approx(-sft_before.mean().item(), abs=1e-5)
     assert abs(sft_before.mean().item()) > 1e-3  # the test would be vacuous otherwise
     assert model.config.score_bias is True and model.score.bias is not None

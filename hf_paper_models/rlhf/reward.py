@@ -408,6 +408,7 @@ def score_responses(
     positions from the first column, so left padding would shift them. The pad id is the model's
     ``pad_token_id`` (which the head pools on), else the tokenizer's pad or EOS.
     """
+    prompts, responses = list(prompts), list(responses)  # also a `datasets` column, which may not slice
     if len(prompts) != len(responses):
         raise ValueError(
             f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response."
