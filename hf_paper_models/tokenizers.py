@@ -15,6 +15,11 @@ kind                    papers                         what it is
 ``train_tokenizer`` returns a ``PreTrainedTokenizerFast`` that saves with ``save_pretrained`` and
 loads back with ``AutoTokenizer.from_pretrained``. ``get_tokenizer`` memoises trained tokenizers
 (in memory, and on disk with ``cache_dir``) so tests and recipes train each one once.
+
+``chat_tokenizer`` is the byte-level BPE of GPT-2 trained on the LM corpus plus the instruction
+tasks (``corpus="chat"``), with role tokens and a chat template for the InstructGPT pipeline
+(Ouyang et al. 2022): system/user/assistant turns, assistant turns marked with
+``{% generation %}`` for TRL's ``assistant_only_loss``, each ending with the eos token ``<|end|>``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,15 @@ from tokenizers import (
 )
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["DEFAULT_VOCAB_SIZE", "KINDS", "get_tokenizer", "train_tokenizer"]
+__all__ = [
+    "CHAT_SPECIAL_TOKENS",
+    "CHAT_TEMPLATE",
+    "DEFAULT_VOCAB_SIZE",
+    "KINDS",
+    "chat_tokenizer",
+    "get_tokenizer",
+    "train_tokenizer",
+]
 
 KINDS = ("byte_bpe", "bpe", "wordpiece", "unigram")
 # Upper bounds: BPE-type trainers stop early once every word of the corpus is a single token.
@@ -74,7 +87,18 @@ def _default_texts(corpus: str) -> list[str]:
 
         pairs = parallel_corpus("train", num_pairs=10_000)
         return [s for s, _ in pairs] + [t for _, t in pairs]
-    raise ValueError(f"corpus must be 'lm' or 'parallel', got {corpus!r}")
+    if corpus == "chat":  # the LM corpus plus instruction prompts and replies, for chat_tokenizer
+        import random
+
+        from .data.corpus import lm_corpus
+        from .data.instructions import candidate_responses, make_tasks
+
+        rng = random.Random("chat-tokenizer")
+        texts = []
+        for task in make_tasks(2000, "train"):
+            texts += [task.system or "", task.prompt, *candidate_responses(task, 4, rng)]
+        return lm_corpus(TRAIN_DOCUMENTS) + texts
+    raise ValueError(f"corpus must be 'lm', 'parallel' or 'chat', got {corpus!r}")
 
 
 def _byte_bpe(vocab_size: int, min_frequency: int) -> tuple[Tokenizer, Any, dict[str, Any]]:
@@ -373,3 +397,70 @@ def get_tokenizer(
     if model_max_length is not None:
         init["model_max_length"] = model_max_length
     return _wrap(backend_json, init)
+
+
+# ------------------------------------------------------------------------------------------------
+# The chat tokenizer of the InstructGPT pipeline
+# ------------------------------------------------------------------------------------------------
+
+CHAT_SPECIAL_TOKENS = {
+    "system": "<|system|>",
+    "user": "<|user|>",
+    "assistant": "<|assistant|>",
+    "eos": "<|end|>",  # ends every turn; as eos it stops generation after the assistant's reply
+    "pad": "<|pad|>",
+}
+
+# <|system|>\n...<|end|>\n<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>\n. The assistant content
+# and its <|end|> sit inside {% generation %} so return_assistant_tokens_mask (TRL's
+# assistant_only_loss) trains exactly the reply and the token that stops it.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|assistant|>\\n' }}"
+    "{%- generation -%}{{ message['content'] + eos_token }}{%- endgeneration -%}"
+    "{{ '\\n' }}"
+    "{%- elif message['role'] == 'system' or message['role'] == 'user' -%}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{%- else -%}"
+    "{{ raise_exception('unknown role: ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
+)
+
+
+def chat_tokenizer(
+    vocab_size: int = 2048,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    corpus: str = "chat",
+    model_max_length: int | None = None,
+    padding_side: str = "right",
+) -> PreTrainedTokenizerFast:
+    """GPT-2's byte-level BPE with role tokens, a pad token and ``CHAT_TEMPLATE``.
+
+    Trained once per process (and cached under ``cache_dir``) like ``get_tokenizer``; by default on
+    the LM corpus plus instruction text (``corpus="chat"``). ``<|endoftext|>`` stays the bos/unk
+    token and document separator; ``<|end|>`` is eos, so ``generate`` stops at the end of the
+    assistant's turn; ``<|pad|>`` pads. The added tokens take the ids after the trained vocabulary,
+    so ``len(tokenizer)`` is the model's ``vocab_size``.
+    """
+    tok = get_tokenizer(
+        "byte_bpe",
+        vocab_size,
+        cache_dir,
+        corpus=corpus,
+        model_max_length=model_max_length,
+        padding_side=padding_side,
+    )
+    t = CHAT_SPECIAL_TOKENS
+    tok.add_special_tokens(
+        {
+            "eos_token": t["eos"],
+            "pad_token": t["pad"],
+            "extra_special_tokens": [t["system"], t["user"], t["assistant"]],
+        }
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
