@@ -1,5 +1,5 @@
-"""The local-experts reproduction (Jacobs et al. 1991): its specialisation metric on a hand-worked case,
-and a smoke run that writes sane JSON and a PNG.
+"""The local-experts reproduction (Jacobs et al. 1991): its specialisation metric and error criterion on
+hand-worked cases, the systems of Table 1, and a smoke run that writes sane JSON and a PNG.
 
 The smoke sizes are too small to learn, so the claims are printed, not asserted; the default run
 (``python reproductions/local_experts_jacobs.py``) is where they are decided.
@@ -53,12 +53,42 @@ def test_specialisation_metrics_hand_worked():
     assert m["selected_expert_accuracy"] == pytest.approx(3.9 / 6)
 
 
-def test_steps_to_target_and_stats():
-    curve = [{"step": 0, "accuracy": 0.2}, {"step": 5, "accuracy": 0.89}, {"step": 10, "accuracy": 0.9}]
-    assert local_experts_jacobs.steps_to_target(curve, 0.9) == 10
-    assert local_experts_jacobs.steps_to_target(curve, 0.95) is None
-    st = local_experts_jacobs.step_stats([{"steps_to_target": v} for v in (10, None, 30)])
-    assert st["median"] == 30 and st["reached"] == 2 and st["mean_of_reached"] == 20
+def test_epochs_to_criterion_and_stats():
+    errors = [0.3, 0.2, 0.09, 0.08, 0.05]  # errors[e]: after e epochs
+    assert local_experts_jacobs.epochs_to_criterion(errors, 0.08) == 3
+    assert local_experts_jacobs.epochs_to_criterion(errors, 0.01) is None
+    st = local_experts_jacobs.step_stats([{"epochs_to_criterion": v} for v in (10, None, 30)])
+    assert st["median"] == 30 and st["reached"] == 2 and st["mean_of_reached"] == 20 and st["sd_of_reached"] == 10
+
+
+def test_training_error_is_the_criterion_of_each_system():
+    """Hand-worked: two experts with outputs (1, 0) and (0, 1), gate (0.25, 0.75), target (1, 0)."""
+    from types import SimpleNamespace
+
+    outputs = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    gates = torch.tensor([[0.25, 0.75]])
+    out = SimpleNamespace(expert_outputs=outputs, gate_probs=gates, logits=(gates[..., None] * outputs).sum(1))
+    d = torch.tensor([[1.0, 0.0]])
+    # competitive: sum_i p_i ||d - o_i||^2 / outputs = (0.25 * 0 + 0.75 * 2) / 2
+    assert local_experts_jacobs.training_error("competitive-4", out, d).item() == pytest.approx(0.75)
+    # cooperative: ||d - blend||^2 / outputs, blend = (0.25, 0.75)
+    assert local_experts_jacobs.training_error("cooperative-4", out, d).item() == pytest.approx(
+        (0.75**2 + 0.75**2) / 2
+    )
+
+
+def test_systems_have_the_papers_architectures():
+    counts = {system: local_experts_jacobs.make_model(system, 0).num_parameters()
+              for system in local_experts_jacobs.SYSTEMS}  # fmt: skip
+    # mixtures: n experts x (2*4 + 4) + gate n x (2 + 1); backprop nets: H x 3 + 4 x (H + 1) = 46 and 88,
+    # plus the inert 3-parameter gate of a one-expert "mixture" (its softmax over one expert is always 1)
+    assert counts == {"competitive-4": 60, "competitive-8": 120, "cooperative-4": 60, "backprop-6": 46 + 3,
+                      "backprop-12": 88 + 3}  # fmt: skip
+    bp = local_experts_jacobs.make_model("backprop-6", 0)
+    torch.testing.assert_close(bp(input_values=torch.randn(3, 2)).gate_probs, torch.ones(3, 1))
+    a, b = local_experts_jacobs.make_model("competitive-4", 3), local_experts_jacobs.make_model("cooperative-4", 3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))  # paired initialisation
+    assert a.model.gate.proj.weight.abs().sum() == 0  # the paper's unbiased gate
 
 
 def test_local_experts_smoke(tmp_path):
@@ -66,26 +96,24 @@ def test_local_experts_smoke(tmp_path):
     png = tmp_path / f"{local_experts_jacobs.NAME}.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
     data = json.loads((tmp_path / f"{local_experts_jacobs.NAME}.json").read_text())
-    for key in ("claims", "rules", "smoke", "device", "data", "num_parameters", "specialisation_holds",
-                "convergence_holds", "by_optimiser", "seconds", "settings"):  # fmt: skip
+    for key in ("claims", "rules", "paper_table_1", "smoke", "device", "data", "num_parameters", "step_sizes",
+                "specialisation_holds", "convergence_holds", "decision", "runs", "seconds", "settings"):  # fmt: skip
         assert key in data, key
     assert data["smoke"] is True and data["settings"]["num_seeds"] == 1
-    assert data["rules"] == local_experts_jacobs.RULES
+    assert data["rules"] == json.loads(json.dumps(local_experts_jacobs.RULES))
     assert data["specialisation_holds"] == returned["specialisation_holds"]
     assert isinstance(data["specialisation_holds"], bool) and isinstance(data["convergence_holds"], bool)
-    assert data["num_parameters"]["competitive"] == 60  # the model card's count
-    for opt, block in data["by_optimiser"].items():
-        assert opt in ("adam", "sgd")
-        steps = data["settings"]["adam_steps" if opt == "adam" else "sgd_steps"]
-        assert set(block["runs"]) == {"competitive", "cooperative", "backprop"}
-        for runs in block["runs"].values():
-            for r in runs:
-                assert 0 <= r["final_accuracy"] <= 1 and math.isfinite(r["final_train_loss"])
-                assert r["curve_steps"][0] == 0 and r["curve_steps"][-1] == steps
-                assert len(r["curve_accuracy"]) == len(r["curve_steps"])
-                assert all(0 <= a <= 1 for a in r["curve_accuracy"])
-                m = r["specialisation"]
-                assert 0 < m["purity"] <= 1 and sum(m["owner_share"]) == pytest.approx(1)
-        assert set(block["decision"]) == {"specialisation", "convergence"}
+    assert data["num_parameters"]["competitive-4"] == 60  # the model card's count
+    assert set(data["runs"]) == set(local_experts_jacobs.SYSTEMS)
+    for system, runs in data["runs"].items():
+        assert data["step_sizes"][system]["chosen"] in data["settings"]["step_size_grid"]
+        for r in runs:
+            assert 0 <= r["final_test_accuracy"] <= 1 and math.isfinite(r["final_training_error"])
+            assert r["epochs_run"] <= data["settings"]["max_epochs"]
+            assert r["error_curve_epochs"][0] == 0 and r["error_curve_epochs"][-1] == r["epochs_run"]
+            assert len(r["error_curve"]) == len(r["error_curve_epochs"])
+            m = r["specialisation"]
+            assert 0 < m["purity"] <= 1 and sum(m["owner_share"]) == pytest.approx(1)
+    assert set(data["decision"]) == {"specialisation", "convergence"}
     print("local experts smoke (too small to learn): specialisation holds", data["specialisation_holds"],
           "convergence holds", data["convergence_holds"])  # fmt: skip

@@ -46,6 +46,10 @@ class LocalExpertsArguments:
     num_train_speakers: int = 50
     utterances_per_vowel: int = 2
     data_seed: int = 0
+    speaker_order: Literal["shuffled", "peterson_barney"] = field(
+        default="shuffled",
+        metadata={"help": "peterson_barney: men, women, children, so the first speakers train as in the paper."},
+    )
 
     def __post_init__(self) -> None:
         if PRESETS.get(self.preset) != "paper-local-experts":
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> Path:
         overrides["num_experts"] = args.num_experts
     config = preset(args.preset, **overrides)
     accelerator = make_accelerator(loop_args)
-    data = make_vowel_data(args.num_speakers, args.utterances_per_vowel, seed=args.data_seed)
+    data = make_vowel_data(args.num_speakers, args.utterances_per_vowel, seed=args.data_seed,
+                           speaker_order=args.speaker_order)
     train, test = split_by_speaker(data, args.num_train_speakers)
     model = AutoModelForSequenceClassification.from_config(config)
     accelerator.print(

@@ -7,6 +7,11 @@ a vocal-tract scale (formants of one speaker move together, as a shorter tract r
 every utterance a small independent deviation. The classes overlap across speaker groups (a child's
 [ɪ] sits near a man's [i]): the structure that local experts divide between them.
 
+Speakers are numbered either in random group order (``speaker_order="shuffled"``, the default, so that any
+speaker split mixes the groups) or as in Peterson & Barney's data (``"peterson_barney"``: men, then women,
+then children), where Jacobs et al.'s split "trained with data from the first 50 speakers and tested with
+data from the remaining 25" leaves the children and some women for the test set.
+
 Deterministic for a given seed; no download.
 """
 
@@ -27,6 +32,7 @@ PETERSON_BARNEY_MEANS: dict[str, dict[str, tuple[float, float]]] = {
 }
 # Peterson & Barney's speakers: 33 men, 28 women, 15 children (their proportions are kept).
 GROUP_SHARES = {"man": 33, "woman": 28, "child": 15}
+SPEAKER_ORDERS = ("shuffled", "peterson_barney")
 
 
 def make_vowel_data(
@@ -35,6 +41,7 @@ def make_vowel_data(
     speaker_scale_std: float = 0.06,
     utterance_std: float = 0.05,
     seed: int = 0,
+    speaker_order: str = "shuffled",
 ) -> dict[str, torch.Tensor]:
     """F1/F2 of ``num_speakers`` speakers saying each of the four vowels ``utterances_per_vowel`` times.
 
@@ -42,9 +49,13 @@ def make_vowel_data(
     ``VOWELS``; ``formants_hz`` (N, 2); ``speaker`` (N,); ``group`` (N,): index into ``GROUPS``. A
     speaker's formants are the group means times exp(s) with s ~ N(0, speaker_scale_std²) shared by all
     that speaker's vowels; each utterance multiplies each formant by exp(u), u ~ N(0, utterance_std²).
+    ``speaker_order``: ``"shuffled"`` (speakers in random group order) or ``"peterson_barney"`` (men, women,
+    children, as numbered in Peterson & Barney's data).
     """
     if num_speakers < 1 or utterances_per_vowel < 1:
         raise ValueError("make_vowel_data: num_speakers and utterances_per_vowel must be >= 1.")
+    if speaker_order not in SPEAKER_ORDERS:
+        raise ValueError(f"make_vowel_data: speaker_order={speaker_order!r}; allowed: {SPEAKER_ORDERS}.")
     rng = random.Random(seed)
     total = sum(GROUP_SHARES.values())
     groups: list[str] = []
@@ -52,7 +63,10 @@ def make_vowel_data(
         groups += [name] * (num_speakers * share // total)
     order = sorted(GROUP_SHARES, key=lambda g: -(num_speakers * GROUP_SHARES[g] % total))
     groups += order[: num_speakers - len(groups)]
-    rng.shuffle(groups)  # speakers in random group order, so that any speaker split mixes the groups
+    if speaker_order == "shuffled":
+        rng.shuffle(groups)  # speakers in random group order, so that any speaker split mixes the groups
+    else:
+        groups.sort(key=GROUPS.index)  # Peterson & Barney's numbering: men, women, children
     rows, labels, speakers, group_ids = [], [], [], []
     for speaker, group in enumerate(groups):
         scale = rng.gauss(0.0, speaker_scale_std)

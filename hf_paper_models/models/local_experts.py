@@ -9,7 +9,13 @@ ids):
   layer before it);
 - the gating network is a single linear layer with a softmax (``moe.SoftmaxGate``):
   p_i = exp(x·w_i) / Σ_j exp(x·w_j), a dense distribution over the experts;
-- the output of the mixture is the expected output Σ_i p_i o_i.
+- the output of the mixture is the expected output Σ_i p_i o_i; for classification, the class probabilities
+  of §3's Table 1 caption, Σ_i p_i ô_i with each expert's logistic outputs normalised to a distribution
+  over the classes, ô_i = o_i / Σ_k o_ik (``class_probs``: "each expert assigns a probability distribution
+  over the classes and these distributions are combined using proportions given by the gating network").
+
+The gating network starts unbiased (§3: "the gating network assigning equal mixing proportions to all
+experts in all cases"): its weights are zero at initialisation (``gate_init="zeros"``).
 
 The paper's point is the objective (``moe_loss``): the **competitive** loss of eq. 1.3,
 E = −log Σ_i p_i exp(−½‖d − o_i‖²) — the negative log-likelihood of a mixture of unit Gaussians, under
@@ -44,6 +50,7 @@ from .common import (
 from .moe import SoftmaxGate, competitive_loss, cooperative_loss
 
 MOE_LOSSES = ("competitive", "cooperative")
+GATE_INITS = ("zeros", "uniform")
 
 
 class PaperLocalExpertsConfig(PreTrainedConfig):
@@ -57,7 +64,10 @@ class PaperLocalExpertsConfig(PreTrainedConfig):
     - ``output_activation``: the experts' output units, ``None`` for logistic units when classifying and
       linear ones for regression, or any transformers activation name, or ``"linear"``.
     - ``moe_loss``: ``"competitive"`` (eq. 1.3, the paper's) or ``"cooperative"`` (eq. 1.1).
-    - ``initializer_range``: weights start uniform in ±initializer_range.
+    - ``initializer_range``: the experts' weights start uniform in ±initializer_range.
+    - ``gate_init``: ``"zeros"`` (default; the paper's unbiased start, equal mixing proportions p_i = 1/n for
+      every input) or ``"uniform"`` (the gate too starts uniform in ±initializer_range, this model's
+      behaviour before the fidelity review).
     """
 
     model_type = "paper-local-experts"
@@ -69,6 +79,7 @@ class PaperLocalExpertsConfig(PreTrainedConfig):
     output_activation: str | None = None
     moe_loss: str = "competitive"
     initializer_range: float = 0.3
+    gate_init: str = "zeros"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -81,6 +92,7 @@ class PaperLocalExpertsConfig(PreTrainedConfig):
             check_activation(self, "output_activation")
         check_choice(self, "moe_loss", MOE_LOSSES)
         check_positive_float(self, "initializer_range")
+        check_choice(self, "gate_init", GATE_INITS)
 
     @property
     def expert_output_activation(self) -> str:
@@ -144,12 +156,15 @@ class PaperLocalExpertsOutput(ModelOutput):
 @dataclass
 class PaperLocalExpertsClassifierOutput(ModelOutput):
     """``loss``: the configured mixture loss (mean over cases); ``logits``: Σ_i p_i o_i; plus the experts'
-    outputs and the gate probabilities, as ``PaperLocalExpertsOutput``."""
+    outputs and the gate probabilities, as ``PaperLocalExpertsOutput``. ``class_probs`` (classification with
+    non-negative, e.g. logistic, expert outputs; else ``None``): Σ_i p_i o_i / Σ_k o_ik, the paper's readout
+    (Table 1 caption), whose argmax is the system's response."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     expert_outputs: torch.Tensor | None = None
     gate_probs: torch.Tensor | None = None
+    class_probs: torch.Tensor | None = None
 
 
 class PaperLocalExpertsPreTrainedModel(PaperPreTrainedModel):
@@ -164,8 +179,16 @@ class PaperLocalExpertsPreTrainedModel(PaperPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """Small random weights, uniform in ±initializer_range (the paper's networks start random)."""
+        """The experts: small random weights, uniform in ±initializer_range (the paper's networks start random).
+        The gate's linear layer: zero with ``gate_init="zeros"``,
+        so that every expert starts with the mixing proportion 1/n everywhere (§3: the system "begins in an
+        unbiased state")."""
         if isinstance(module, nn.Linear):
+            if getattr(module, "_is_local_experts_gate", False) and self.config.gate_init == "zeros":
+                init.zeros_(module.weight)
+                if module.bias is not None:
+                    init.zeros_(module.bias)
+                return
             r = self.config.initializer_range
             init.uniform_(module.weight, -r, r)
             if module.bias is not None:
@@ -179,6 +202,7 @@ class PaperLocalExpertsModel(PaperLocalExpertsPreTrainedModel):
         super().__init__(config)
         self.experts = nn.ModuleList(PaperLocalExpertsExpert(config) for _ in range(config.num_experts))
         self.gate = SoftmaxGate(config.input_size, config.num_experts)
+        self.gate.proj._is_local_experts_gate = True  # marks it for ``_init_weights`` (gate_init)
         self.post_init()
 
     def forward(
@@ -232,8 +256,23 @@ class PaperLocalExpertsForSequenceClassification(PaperLocalExpertsPreTrainedMode
             target = self.target(labels, out.expert_outputs)
             objective = competitive_loss if self.config.moe_loss == "competitive" else cooperative_loss
             loss = objective(out.expert_outputs, target, out.gate_probs)
-        output = PaperLocalExpertsClassifierOutput(loss, out.last_hidden_state, out.expert_outputs, out.gate_probs)
+        output = PaperLocalExpertsClassifierOutput(
+            loss, out.last_hidden_state, out.expert_outputs, out.gate_probs, self.class_probs(out)
+        )
         return output if return_dict is not False else output.to_tuple()
+
+    def class_probs(self, out: PaperLocalExpertsOutput) -> torch.Tensor | None:
+        """§3, Table 1 caption: "each expert assigns a probability distribution over the classes and these
+        distributions are combined using proportions given by the gating network. The most probable class is
+        then taken to be the response of the system": Σ_i p_i ô_i with ô_i = o_i / Σ_k o_ik. Only for
+        classification with logistic (or other non-negative) output units; ``None`` otherwise."""
+        if self.config.num_labels < 2 or self.config.problem_type == "regression":
+            return None
+        if self.config.expert_output_activation not in ("sigmoid", "relu"):
+            return None
+        outputs = out.expert_outputs
+        normalised = outputs / outputs.sum(-1, keepdim=True).clamp_min(torch.finfo(outputs.dtype).tiny)
+        return (out.gate_probs.unsqueeze(-1) * normalised).sum(-2)
 
     def target(self, labels: torch.Tensor, expert_outputs: torch.Tensor) -> torch.Tensor:
         """The desired output vector d of each case."""
@@ -269,4 +308,5 @@ __all__ = [
     "PaperLocalExpertsOutput",
     "PaperLocalExpertsClassifierOutput",
     "MOE_LOSSES",
+    "GATE_INITS",
 ]

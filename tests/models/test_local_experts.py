@@ -103,6 +103,29 @@ def test_gate_is_a_dense_distribution_summing_to_one():
     torch.testing.assert_close(out.last_hidden_state, (out.gate_probs[..., None] * out.expert_outputs).sum(1))
 
 
+def test_gate_starts_unbiased_and_uniform_init_is_kept_as_an_option():
+    # §3: "the gating network assigning equal mixing proportions to all experts in all cases"
+    model = PaperLocalExpertsModel(hf_paper_models.preset("local-experts-vowel"))
+    assert model.gate.proj.weight.abs().sum() == 0 and model.gate.proj.bias.abs().sum() == 0
+    out = model(input_values=torch.randn(5, 2) * 3)
+    torch.testing.assert_close(out.gate_probs, torch.full((5, 4), 0.25))
+    assert all(e.output.weight.abs().sum() > 0 for e in model.experts)  # the experts start random
+    old = PaperLocalExpertsModel(hf_paper_models.preset("local-experts-vowel", gate_init="uniform"))
+    r = old.config.initializer_range
+    assert old.gate.proj.weight.abs().sum() > 0 and old.gate.proj.weight.abs().max() <= r
+
+
+def test_class_probs_normalise_each_expert_then_mix():
+    # Table 1 caption: each expert's outputs are a distribution over the classes, mixed by the gate.
+    model = hand_set_model("competitive", output_activation="sigmoid", num_labels=2)
+    out = model(input_values=X)
+    o = torch.sigmoid(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    expected = 0.25 * o[0] / o[0].sum() + 0.75 * o[1] / o[1].sum()
+    torch.testing.assert_close(out.class_probs[0], expected)
+    torch.testing.assert_close(out.class_probs.sum(-1), torch.ones(1))
+    assert hand_set_model("competitive", output_activation="linear")(input_values=X).class_probs is None
+
+
 def test_preset_and_auto_classes():
     config = hf_paper_models.preset("local-experts-vowel")
     assert (config.input_size, config.num_labels, config.num_experts, config.moe_loss) == (2, 4, 4, "competitive")
@@ -171,6 +194,17 @@ def test_speaker_scale_moves_a_speakers_formants_together():
     assert ratios[:, 0, 0].log().std().item() == pytest.approx(0.06, rel=0.2)
 
 
+def test_peterson_barney_speaker_order_puts_the_children_in_the_papers_test_split():
+    data = make_vowel_data(seed=0, speaker_order="peterson_barney")
+    groups = data["group"].view(75, 8)[:, 0]
+    assert groups.tolist() == sorted(groups.tolist())  # men, then women, then children
+    train, test = split_by_speaker(data, 50)  # "the first 50 speakers ... the remaining 25"
+    assert torch.bincount(train["group"], minlength=3).div(8).tolist() == [32, 18, 0]
+    assert torch.bincount(test["group"], minlength=3).div(8).tolist() == [0, 10, 15]
+    with pytest.raises(ValueError, match="speaker_order"):
+        make_vowel_data(speaker_order="alphabetical")
+
+
 def test_split_by_speaker_is_disjoint():
     train, test = split_by_speaker(make_vowel_data(seed=0), 50)
     assert set(train["speaker"].tolist()).isdisjoint(test["speaker"].tolist())
@@ -189,8 +223,9 @@ def test_the_mixture_learns_the_vowel_task():
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        predicted = model(input_values=test["input_values"]).logits.argmax(-1)
-    assert (predicted == test["labels"]).float().mean() > 0.8
+        out = model(input_values=test["input_values"])
+    assert (out.logits.argmax(-1) == test["labels"]).float().mean() > 0.8
+    assert (out.class_probs.argmax(-1) == test["labels"]).float().mean() > 0.8
 
 
 # ---------------------------------------------------------------------------------------------
