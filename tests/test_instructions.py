@@ -105,13 +105,22 @@ def test_answer_extraction():
     assert not is_correct(bullets, "- ant\n- cat\n- dog") and not is_correct(bullets, "- ant, - cat")
     join = InstructionTask("formatting", "formatting/0", "Join: ant cat.", "ant, cat", None, {"end": "."})
     assert not is_correct(join, "ant, cat, dog") and is_correct(join, "The answer is ant, cat.")
+    assert not is_correct(REVERSE, "ELPPA, or maybe ELPA.") and is_correct(
+        REVERSE, "Sure! ELPPA. Hope this helps."
+    )
+    capital = InstructionTask(
+        "lookup", "lookup/3", "What is the capital of Velmora?", "Tarsk", None, {"end": "."}
+    )
+    assert is_correct(capital, "The capital of Velmora is Tarsk.") and not is_correct(
+        capital, "Tarsk or Lumen."
+    )
     count = InstructionTask("formatting", "formatting/3", 'Words in "a b c"?', "3", None, {"end": "."})
     assert is_correct(count, "There are 3 words.") and not is_correct(count, "3 or 4")
 
 
 def test_every_canonical_answer_and_demonstration_is_correct():
     rng = random.Random(0)
-    for task in make_tasks(400, "train") + make_tasks(200, "heldout"):
+    for task in make_tasks(1000, "train") + make_tasks(300, "heldout"):
         assert task.family in FAMILIES and 1 <= len(task.constraints) <= 2
         assert is_correct(task, task.answer), task
         best = label(task, ideal_response(task))

@@ -34,13 +34,13 @@ The labeler (``label``, ``compare``, ``rank``)
 
     ``correct`` is whether the answer content, extracted from the reply, is right (the last
     integer for numeric answers, the last n items for sorting, otherwise the answer as a whole-word
-    match that is not part of a longer list/repetition); ``brevity = min(1, len(ideal) /
-    len(reply))`` in characters, where ``ideal`` is the shortest reply that keeps every
-    constraint (``ideal_response``). At most two constraints, so an incorrect reply scores at most
-    0.6 and a correct one at least 1.0: correctness dominates, and among correct replies the ones
-    that ignore the instruction's style rank lower. The ideal reply scores ``1.1 + 0.25 * len(
-    constraints)``. Known limit: a text answer hedged with an unrelated wrong word ("elppa, or
-    maybe elpa") still counts as correct.
+    match that is not part of a longer list or repetition nor hedged with a rival word);
+    ``brevity = min(1, len(ideal) / len(reply))`` in characters, where ``ideal`` is the shortest
+    reply that keeps every constraint (``ideal_response``). At most two constraints, so an
+    incorrect reply scores at most 0.6 and a correct one at least 1.0: correctness dominates, and
+    among correct replies the ones that ignore the instruction's style rank lower. The ideal reply
+    scores ``1.1 + 0.25 * len(constraints)``. Known limits: a numeric reply is judged by its last number ("67 or 68" passes
+    for 68), and a text answer hedged with an unrelated word that is no near-spelling still passes.
 
 Demonstrations (``demonstrate``)
     Our stand-in for demonstrators of varying quality. A demonstration is always correct in content,
@@ -59,6 +59,7 @@ Comparisons (``candidate_responses``)
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import random
@@ -475,7 +476,29 @@ def is_correct(task: InstructionTask, response: str) -> bool:
         expected = [w.lower() for w in task.answer.split(", ")]
         return _extract_items(task, response, len(expected)) == expected
     case_sensitive = task.family == "string_edit" and "case" not in task.constraints
-    return _text_match(task.answer, response, case_sensitive)
+    return _text_match(task.answer, response, case_sensitive) and not _hedged(task, response)
+
+
+_FILLER = frozenset(
+    "sure of course happy to help great question the answer is it was you asked let me know if need "
+    "anything else i hope this helps here are that a an and or in with your reply word words".split()
+)
+
+
+def _hedged(task: InstructionTask, response: str) -> bool:
+    """Whether a one-word answer comes with a rival: another value of its lookup table, or a
+    near-spelling (``difflib`` ratio >= 0.8, e.g. "elpa" beside "elppa") absent from the prompt."""
+    answer = task.answer.lower()
+    if not answer.isalpha():
+        return False
+    context = set(re.findall(r"[a-z0-9]+", f"{task.system or ''} {task.prompt}".lower()))
+    table = _TABLE_OF_VALUE.get(answer)
+    rivals = {v.lower() for v in LOOKUP_TABLES[table].values()} - {answer} if table else set()
+    words = {w.lower() for w in re.findall(r"[A-Za-z]+", response)}
+    for word in words - context - _FILLER - {answer}:
+        if word in rivals or difflib.SequenceMatcher(None, word, answer).ratio() >= 0.8:
+            return True
+    return False
 
 
 def _strip_frame(task: InstructionTask, text: str) -> str:
