@@ -6,6 +6,8 @@ it travels with a saved model folder (``trust_remote_code=True``) beside the pap
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from collections.abc import Iterable
@@ -182,8 +184,56 @@ def register_for_auto_classes(config_class: type, auto_classes: dict[str, type])
         model_class.register_for_auto_class(auto_name)
 
 
+def _accepts_cache_kwarg(forward):
+    """Let a ``forward(..., past_key_values=...)`` also take the KV cache as ``cache``.
+
+    transformers 5.25 renamed ``past_key_values`` to ``cache``: ``generate`` now passes ``cache=``, which
+    a forward written against the old name would swallow in ``**kwargs`` and then decode every step
+    without its past. Our models keep the old parameter name (older 5.x releases pass it) and take
+    either; the outputs' ``past_key_values`` field is mapped by transformers itself.
+    """
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        if "cache" in kwargs:
+            cache = kwargs.pop("cache")
+            if cache is not None and kwargs.get("past_key_values") is not None:
+                raise ValueError("Pass the KV cache as `cache` or as `past_key_values`, not both.")
+            if cache is not None or "past_key_values" not in kwargs:
+                kwargs["past_key_values"] = cache
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+def cache_mask_kwargs(cache: Any) -> dict[str, Any]:
+    """The KV cache as the keyword transformers' mask builders take (``cache`` from 5.25, before it
+    ``past_key_values``)."""
+    return {_MASK_CACHE_KWARG: cache}
+
+
+def _mask_cache_kwarg() -> str:
+    from transformers.masking_utils import create_causal_mask
+
+    parameters = inspect.signature(inspect.unwrap(create_causal_mask)).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+_MASK_CACHE_KWARG = _mask_cache_kwarg()
+
+
 class PaperPreTrainedModel(PreTrainedModel):
-    """``PreTrainedModel`` with the zoo's loading checks (model type, truncated weights)."""
+    """``PreTrainedModel`` with the zoo's loading checks (model type, truncated weights), and a forward
+    that takes the KV cache under transformers' old name (``past_key_values``) and its new one (``cache``)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        forward = cls.forward
+        if getattr(forward, "_takes_cache_kwarg", False):
+            return
+        if "past_key_values" in inspect.signature(forward).parameters:
+            cls.forward = _accepts_cache_kwarg(forward)
+            cls.forward._takes_cache_kwarg = True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

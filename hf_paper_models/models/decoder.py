@@ -16,7 +16,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from .common import check_attention_mask, check_input_ids, check_length
+from .common import cache_mask_kwargs, check_attention_mask, check_input_ids, check_length
 
 
 class DecoderStack:
@@ -101,8 +101,8 @@ class DecoderStack:
             config=self.config,
             inputs_embeds=hidden_states,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **cache_mask_kwargs(past_key_values),
         )
         masks = {"full_attention": create_causal_mask(**mask_kwargs)}
         if getattr(self.config, "sliding_window", None) is not None:

@@ -55,6 +55,7 @@ from transformers.modeling_outputs import (
 from .attention import MultiHeadAttention
 from .common import (
     PaperPreTrainedModel,
+    cache_mask_kwargs,
     check_activation,
     check_attention_mask,
     check_heads,
@@ -551,8 +552,8 @@ class PaperT5Stack(nn.Module):
                 config=config,
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
-                past_key_values=self_cache,
                 allow_is_causal_skip=False,
+                **cache_mask_kwargs(self_cache),
             )
         else:
             mask = create_bidirectional_mask(

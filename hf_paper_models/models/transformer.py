@@ -49,6 +49,7 @@ from transformers.optimization import get_inverse_sqrt_schedule
 from .attention import MultiHeadAttention
 from .common import (
     PaperPreTrainedModel,
+    cache_mask_kwargs,
     check_activation,
     check_attention_mask,
     check_choice,
@@ -512,8 +513,8 @@ class PaperTransformerDecoder(nn.Module):
             config=config,
             inputs_embeds=hidden_states,
             attention_mask=attention_mask,
-            past_key_values=self_cache,
             position_ids=position_ids.unsqueeze(0),
+            **cache_mask_kwargs(self_cache),
         )
         cross_mask = create_bidirectional_mask(
             config=config,
