@@ -53,7 +53,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch import nn
@@ -598,7 +597,7 @@ class PPOTrainer:
         if value_model is None:
             if reward_model is None:
                 raise ValueError("value_model=None copies the reward model, but only `reward_fn` was given.")
-            value_model = copy.deepcopy(reward_model)  # "value function initialised from the RM" (App. C.4)
+            value_model = copy.deepcopy(reward_model).requires_grad_(True)  # "value function initialised from the RM" (App. C.4)
         _backbone(value_model)
         if reward_model is not None:
             _backbone(reward_model)
