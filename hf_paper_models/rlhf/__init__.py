@@ -19,3 +19,7 @@ __all__ = [
     "score_responses",
     "tokenize_response",
 ]
+
+from .ppo import PPOConfig, PPOTrainer  # noqa: E402  (PPO-ptx, §3.5; its formulas live in .ppo)
+
+__all__ += ["PPOConfig", "PPOTrainer"]

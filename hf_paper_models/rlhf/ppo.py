@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -597,7 +598,8 @@ class PPOTrainer:
         if value_model is None:
             if reward_model is None:
                 raise ValueError("value_model=None copies the reward model, but only `reward_fn` was given.")
-            value_model = copy.deepcopy(reward_model).requires_grad_(True)  # "value function initialised from the RM" (App. C.4)
+            # "The value function is initialised from the RM" (Appendix C.4); trained in full.
+            value_model = copy.deepcopy(reward_model).requires_grad_(True)
         _backbone(value_model)
         if reward_model is not None:
             _backbone(reward_model)
@@ -685,6 +687,7 @@ class PPOTrainer:
         self._eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=device)
         self.rollout = 0  # rollouts completed
         self.skipped_updates = 0
+        self._consecutive_skips = 0
         self.history: list[dict[str, float]] = []
 
     # -- set-up helpers --------------------------------------------------------------------------
@@ -943,7 +946,8 @@ class PPOTrainer:
                     ),
                     device=accelerator.device,
                 )
-                if accelerator.reduce(bad, "max").item() > 0:
+                skipped = accelerator.reduce(bad, "max").item() > 0
+                if skipped:
                     self._skip_update(update)
                 else:
                     self._consecutive_skips = 0
@@ -952,8 +956,13 @@ class PPOTrainer:
                 self.policy_optimizer.zero_grad(set_to_none=True)
                 self.value_optimizer.zero_grad(set_to_none=True)
                 # The schedule counts updates, skipped or not, so it is a function of the update index.
-                self.policy_scheduler.step()
-                self.value_scheduler.step()
+                with warnings.catch_warnings():
+                    if skipped:  # torch warns of a scheduler step without an optimizer step
+                        warnings.filterwarnings(
+                            "ignore", message=".*lr_scheduler.step.*", category=UserWarning
+                        )
+                    self.policy_scheduler.step()
+                    self.value_scheduler.step()
                 step_stats = {
                     "policy_loss": pg_loss.detach(),
                     "value_loss": vf_loss.detach(),
@@ -971,8 +980,6 @@ class PPOTrainer:
                 done += 1
         self.model.eval()
         return {key: value / done for key, value in sums.items()}
-
-    _consecutive_skips = 0
 
     def _skip_update(self, update: int) -> None:
         self.skipped_updates += 1
