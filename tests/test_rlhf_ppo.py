@@ -273,6 +273,12 @@ def test_trainer_argument_errors(tmp_path, tokenizer):
             ppo_config(tmp_path, ptx_coef=1.0), policy, ref, value, processing_class=tokenizer,
             train_dataset=data, reward_fn=a_fraction,
         )  # fmt: skip
+    # total_episodes sets the number of rollouts: ceil(100 / 16 prompts per rollout) = 7.
+    config = ppo_config(tmp_path, total_episodes=100)
+    trainer = PPOTrainer(
+        config, policy, ref, value, processing_class=tokenizer, train_dataset=data, reward_fn=a_fraction
+    )
+    assert trainer.num_rollouts == 7 and trainer.updates_per_rollout == 2 * 16 // 8
     with pytest.raises(ValueError, match="max_position_embeddings"):
         PPOTrainer(
             ppo_config(tmp_path, max_new_tokens=126), policy, ref, value, processing_class=tokenizer,
@@ -313,6 +319,15 @@ def test_ppo_raises_the_reward_and_logs(tmp_path, tokenizer):
     assert history[0]["response_length"] <= 8 and history[0]["tokens_per_second"] > 0
     assert json.loads((tmp_path / "log_history.json").read_text()) == history
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-6"]
+    saved = {p.name for p in (tmp_path / "checkpoint-12").iterdir()}
+    assert {
+        "model.safetensors",
+        "optimizer.bin",
+        "optimizer_1.bin",
+        "scheduler.bin",
+        "scheduler_1.bin",
+    } <= saved
+    assert "random_states_0.pkl" in saved  # policy + value, both optimisers and schedules, RNG
     state = json.loads((tmp_path / "checkpoint-12" / "trainer_state.json").read_text())
     assert state["rollout"] == 12 and state["episodes"] == 12 * 16 and state["updates"] == 12 * 4
 
