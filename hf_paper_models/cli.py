@@ -113,6 +113,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_instructgpt(args: argparse.Namespace) -> int:
+    """SFT -> reward model -> PPO-ptx on the embedded tasks (Ouyang et al. 2022), then the report."""
+    from transformers import HfArgumentParser
+
+    from hf_paper_models.instructgpt import InstructGPTArguments, run_instructgpt
+
+    parser = HfArgumentParser(InstructGPTArguments)
+    values = {}
+    if args.config:
+        import yaml
+
+        values = yaml.safe_load(Path(args.config).read_text()) or {}
+    values["output_dir"] = args.output_dir
+    (settings,) = parser.parse_dict(values) if not args.options else parser.parse_args_into_dataclasses(
+        [f"--{k}={v}" for k, v in values.items()] + args.options
+    )
+    report = run_instructgpt(settings)
+    keys = ("win_rate_ppo_vs_sft", "win_rate_ppo_vs_sft_greedy", "reward_sft", "reward_ppo", "kl",
+            "ptx_loss_sft", "ptx_loss_ppo")  # fmt: skip
+    for key in keys:
+        print(f"[instructgpt] {key}: {report[key]:.4f}")
+    print(f"[instructgpt] folders: {args.output_dir}/sft, /reward, /ppo; report: {args.output_dir}/report.json, report.png")
+    return 0
+
+
 def cmd_align(args: argparse.Namespace) -> int:
     """Translate a sentence with a saved sequence-to-sequence model and draw its alignment matrix as a PNG
     (Bahdanau et al. 2015, Figure 3)."""
@@ -166,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--num-beams", type=int, default=1)
     align.add_argument("--max-new-tokens", type=int, default=None)
     align.set_defaults(func=cmd_align)
+    instruct = sub.add_parser(
+        "instructgpt", help="SFT -> reward model -> PPO-ptx on the embedded tasks, with a labeler-judged report"
+    )
+    instruct.add_argument("--output-dir", default="runs/instructgpt")
+    instruct.add_argument("--config", default=None, help="a YAML file of InstructGPTArguments fields")
+    instruct.epilog = "Any InstructGPTArguments field is an option too: --ppo_rollouts 10 --kl_coef 0.05 ..."
+    instruct.set_defaults(func=cmd_instructgpt)
     demo = sub.add_parser("demo", help="train a tiny GPT-2 on the embedded corpus and save it")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--seconds", type=float, default=120.0)
@@ -176,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "instructgpt":
+        args.options = extra  # the pipeline's own fields, parsed by HfArgumentParser
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except ValueError as err:
