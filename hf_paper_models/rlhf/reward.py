@@ -367,7 +367,13 @@ class KWiseRewardTrainer(Trainer):
         with torch.no_grad():
             gather = self.accelerator.gather_for_metrics
             self._metrics[mode]["accuracy"].append(gather(accuracy.reshape(1)).mean().item())
-            self._metrics[mode]["mean_reward"].append(gather(flat.detach()).float().mean().item())
+            # The number of responses differs between processes (K varies), and a gather needs equal
+            # shapes on every process: gather each process's (sum, count) instead of the rewards.
+            reward_sum = flat.detach().float().sum()
+            total = gather(
+                torch.stack([reward_sum, torch.ones_like(reward_sum) * flat.numel()]).reshape(1, 2)
+            )
+            self._metrics[mode]["mean_reward"].append((total[:, 0].sum() / total[:, 1].sum()).item())
             pairs = (
                 (scores.unsqueeze(2) > scores.unsqueeze(1))
                 & response_mask.unsqueeze(2)
