@@ -10,13 +10,19 @@ Neither has a value model, a ptx term or a per-token KL in the reward: those are
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from dataclasses import dataclass, field
 
+import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, TrlParser
 
 import hf_paper_models  # noqa: F401  (registers our model types with the Auto classes)
 from hf_paper_models.data.instructions import prompt_dataset
+from hf_paper_models.rlhf.stages import write_stage_card
 
 
 @dataclass
@@ -45,14 +51,28 @@ def build_trainer(rl: RLArguments, config: GRPOConfig | RLOOConfig):
     )  # fmt: skip
 
 
-def main(argv: list[str] | None = None):
-    import argparse
-    import sys
-
-    args = list(sys.argv[1:] if argv is None else argv)
+def _trainer_name(args: list[str]) -> str:
+    """``--trainer`` from the command line, else from the ``--config`` YAML, else 'rloo': it picks the
+    config class (``GRPOConfig`` or ``RLOOConfig``) before the full parse."""
     peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--trainer", default="rloo")
-    config_class = GRPOConfig if peek.parse_known_args(args)[0].trainer == "grpo" else RLOOConfig
+    peek.add_argument("--trainer")
+    peek.add_argument("--config")
+    known = peek.parse_known_args(args)[0]
+    if known.trainer is not None:
+        return known.trainer
+    if known.config is not None:
+        with open(known.config) as f:
+            return str((yaml.safe_load(f) or {}).get("trainer", "rloo"))
+    return "rloo"
+
+
+def main(argv: list[str] | None = None):
+    # DDP on a machine without an accelerator: TrainingArguments forms a gloo group only when told it runs
+    # on CPU; otherwise every process trains alone as rank 0 (training_utils.make_accelerator does the same).
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    args = list(sys.argv[1:] if argv is None else argv)
+    config_class = GRPOConfig if _trainer_name(args) == "grpo" else RLOOConfig
     rl, config, remaining = TrlParser((RLArguments, config_class)).parse_args_and_config(
         args, return_remaining_strings=True
     )
@@ -60,7 +80,16 @@ def main(argv: list[str] | None = None):
         raise ValueError(f"Unknown arguments: {remaining}")
     trainer = build_trainer(rl, config)
     trainer.train()
-    trainer.save_model(f"{config.output_dir}/final")
+    final = f"{config.output_dir}/final"
+    trainer.save_model(final)
+    if trainer.accelerator.is_main_process:
+        last = (
+            {k: v for k, v in trainer.state.log_history[-1].items() if isinstance(v, float)}
+            if trainer.state.log_history
+            else {}
+        )
+        write_stage_card(final, rl.trainer.upper(), {"steps": trainer.state.global_step, **last})
+    trainer.accelerator.wait_for_everyone()
     return trainer
 
 
