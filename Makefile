@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/hfpm demo --output-dir runs/demo
+	$(BIN)/hfpm instructgpt --output-dir runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --durations=15 -q

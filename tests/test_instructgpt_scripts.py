@@ -220,16 +220,8 @@ def test_trl_rl_trains_the_sft_policy_on_our_reward_model(
     _assert_folder(final, trainer.upper())
 
 
-# ppo_stage's post-save block (tokenizer, card, rename of final.tmp) runs on every process, so rank 1 can
-# write into final.tmp while rank 0 renames it (about one run in two fails); until rlhf/stages.py guards
-# it with `is_main_process` + `wait_for_everyone()` as sft_stage does, that case is allowed to fail.
-PPO_RACE = pytest.mark.xfail(
-    reason="rlhf/stages.py ppo_stage: post-save block runs on every process", strict=False
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sft", "reward", pytest.param("ppo", marks=PPO_RACE)])
+@pytest.mark.parametrize("name", ["sft", "reward", "ppo"])
 def test_stage_scripts_under_accelerate_launch_two_processes(
     stages: dict[str, Path], name: str, tmp_path: Path
 ):

@@ -153,6 +153,19 @@ def _move_final(tmp: Path, final: Path) -> None:
         tmp.rename(final)
 
 
+def _check_world(accelerator: Any) -> None:
+    """Under a launcher (``WORLD_SIZE`` > 1) every process must have joined one group: otherwise each trains
+    alone as rank 0 and they overwrite each other's output (on CPU, pass ``use_cpu=True``)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes != world:
+        raise ValueError(
+            f"Launched as {world} processes but the trainer formed a group of {accelerator.num_processes}: on a "
+            "machine without GPUs set use_cpu=True (or ACCELERATE_USE_CPU=true) so that they form a gloo group."
+        )
+
+
 def _load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -183,6 +196,7 @@ def sft_stage(args: SFTStageArguments, sft_config: Any, output_dir: str | Path) 
         dataset = load_instruction_dataset(args.dataset, "sft")
     model = AutoModelForCausalLM.from_pretrained(args.model_path)
     trainer = trl.SFTTrainer(model=model, args=sft_config, train_dataset=dataset, processing_class=tokenizer)
+    _check_world(trainer.accelerator)
     checkpoint = _last_trainer_checkpoint(sft_config.output_dir)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     output_dir = Path(output_dir)
@@ -260,6 +274,7 @@ def reward_stage(args: RewardStageArguments, reward_config: Any, output_dir: str
         model=model, args=reward_config, train_dataset=held["train"], eval_dataset=held["test"],
         processing_class=tokenizer,
     )  # fmt: skip
+    _check_world(trainer.accelerator)
     trainer.train(resume_from_checkpoint=_last_trainer_checkpoint(reward_config.output_dir))
     metrics = trainer.evaluate()
     details: dict[str, Any] = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
@@ -316,13 +331,17 @@ def ppo_stage(args: PPOStageArguments, ppo_config: Any, output_dir: str | Path) 
     trainer.train()
     output_dir = Path(output_dir)
     tmp = output_dir.with_name(output_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    if (tmp / "config.json").is_file() or (tmp / "adapter_config.json").is_file():
+    main_process = trainer.accelerator.is_main_process
+    if main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))  # collective (barriers inside); writes on the main process
+    saved = (tmp / "config.json").is_file() or (tmp / "adapter_config.json").is_file()
+    if main_process and saved:
         tokenizer.save_pretrained(tmp)
         last = trainer.history[-1] if trainer.history else {}
         write_stage_card(tmp, "PPO-ptx", {k: round(v, 4) for k, v in last.items() if isinstance(v, float)})
         _move_final(tmp, output_dir)
+    trainer.accelerator.wait_for_everyone()
     return output_dir, list(trainer.history)
 
 
