@@ -1,5 +1,7 @@
-"""InstructGPT's RLHF stages (Ouyang et al. 2022): the K-wise reward model (§3.5) and PPO-ptx (§3.5)."""
+"""InstructGPT's RLHF stages (Ouyang et al. 2022, §3.5): the K-wise reward model and PPO-ptx; the stage
+functions that chain them with SFT live in ``hf_paper_models.rlhf.stages``."""
 
+from .ppo import PPOConfig, PPOTrainer
 from .reward import (
     DataCollatorForKWise,
     KWiseRewardConfig,
@@ -14,12 +16,10 @@ __all__ = [
     "DataCollatorForKWise",
     "KWiseRewardConfig",
     "KWiseRewardTrainer",
+    "PPOConfig",
+    "PPOTrainer",
     "kwise_loss",
     "normalize_reward_bias",
     "score_responses",
     "tokenize_response",
 ]
-
-from .ppo import PPOConfig, PPOTrainer  # noqa: E402  (PPO-ptx, §3.5; its formulas live in .ppo)
-
-__all__ += ["PPOConfig", "PPOTrainer"]

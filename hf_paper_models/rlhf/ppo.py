@@ -38,15 +38,13 @@ process.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -446,32 +444,6 @@ class PolicyAndValue(nn.Module):
         return logits, values, ptx
 
 
-@contextmanager
-def _kv_cache_compat(model: nn.Module) -> Iterator[None]:
-    """Let ``generate`` hand its KV cache to a model whose ``forward`` names it ``past_key_values``.
-
-    transformers 5.2x's ``generate`` passes the cache as ``cache=``; a ``forward(past_key_values=...,
-    **kwargs)`` would take it into ``**kwargs`` and ignore it (each step would then see one token with no
-    context). While generating, a forward pre-hook renames the argument. Nothing happens for a model
-    whose ``forward`` takes ``cache``.
-    """
-    params = inspect.signature(model.forward).parameters
-    if "cache" in params or "past_key_values" not in params:
-        yield
-        return
-
-    def rename(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
-            kwargs["past_key_values"] = kwargs.pop("cache")
-        return args, kwargs
-
-    handle = model.register_forward_pre_hook(rename, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def _is_peft(model: nn.Module) -> bool:
     try:
         from peft import PeftModel
@@ -810,8 +782,7 @@ class PPOTrainer:
         unwrapped = accelerator.unwrap_model(self.model)
         unwrapped.eval()
         torch.manual_seed(_seed(config.seed, _GENERATE, index, process))
-        causal_lm = self.policy.get_base_model() if self.is_peft else self.policy
-        with accelerator.autocast(), _kv_cache_compat(causal_lm):
+        with accelerator.autocast():
             generated = self.policy.generate(
                 input_ids=query, attention_mask=query_mask, generation_config=self.generation_config
             )
