@@ -7,7 +7,7 @@ the ``Auto*`` classes its file declares in ``AUTO_CLASSES`` (ZOO.md §2).
 from __future__ import annotations
 
 import transformers
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoImageProcessor
 
 from .models import config_class_of, paper_modules
 
@@ -21,6 +21,14 @@ for _module in paper_modules():
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     for _auto_class, _model_class in _classes.items():
         _auto_class.register(_config_class, _model_class, exist_ok=True)
+    # Image-text models (GPT-4) also declare their processors: AutoProcessor.from_pretrained(folder).
+    for _auto_name, _processor_class in getattr(_module, "PROCESSOR_CLASSES", {}).items():
+        if _auto_name == "AutoImageProcessor":
+            AutoImageProcessor.register(
+                _config_class, image_processor_classes={"pil": _processor_class}, exist_ok=True
+            )
+        else:
+            getattr(transformers, _auto_name).register(_config_class, _processor_class, exist_ok=True)
 
 from . import conversions  # noqa: E402, F401  (routes for transformers twins beyond the GPTs)
 from .convert import convert_from_transformers, convert_to_transformers  # noqa: E402

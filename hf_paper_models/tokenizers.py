@@ -46,8 +46,10 @@ __all__ = [
     "CHAT_SPECIAL_TOKENS",
     "CHAT_TEMPLATE",
     "DEFAULT_VOCAB_SIZE",
+    "IMAGE_TOKEN",
     "KINDS",
     "chat_tokenizer",
+    "image_chat_tokenizer",
     "get_tokenizer",
     "train_tokenizer",
 ]
@@ -463,4 +465,20 @@ def chat_tokenizer(
         }
     )
     tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+IMAGE_TOKEN = "<image>"
+
+
+def image_chat_tokenizer(
+    vocab_size: int = 2048, cache_dir: str | os.PathLike[str] | None = None, **kwargs: Any
+) -> PreTrainedTokenizerFast:
+    """``chat_tokenizer`` plus the ``<image>`` placeholder of the GPT-4 model as one special token.
+
+    It takes the id after the chat tokens, so ``len(tokenizer)`` (2054 at the default size) is the
+    ``vocab_size`` of the ``gpt4-tiny`` preset and ``<image>`` is its ``image_token_id`` (2053).
+    """
+    tok = chat_tokenizer(vocab_size, cache_dir, **kwargs)
+    tok.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
     return tok

@@ -26,6 +26,7 @@ TINY = dict(
 # Per model type: what the generic tiny overrides don't cover.
 EXTRA: dict[str, dict] = {
     "paper-gpt3": dict(sliding_window=8),  # shorter than the test sequences: the banded kernel runs
+    "paper-gpt4": dict(sliding_window=8, image_token_id=98),  # GPT-3's band; <image> inside the tiny vocabulary
     "paper-rnnsearch": dict(num_hidden_layers=1, embedding_size=16),  # the paper's single GRU layers
 }
 SEQ_LEN = 20
