@@ -25,11 +25,7 @@ from torch import nn
 from transformers import BatchFeature, ProcessorMixin
 from transformers.activations import ACT2FN
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.image_utils import (
-    ChannelDimension,
-    infer_channel_dimension_format,
-    make_flat_list_of_images,
-)
+from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -396,9 +392,7 @@ class PaperGPT4ImageProcessor(BaseImageProcessor):
         do_resize = self.do_resize if do_resize is None else do_resize
         do_rescale = self.do_rescale if do_rescale is None else do_rescale
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
-        images = make_flat_list_of_images(images) if not isinstance(images, (list, tuple)) else list(images)
-        if isinstance(images, list) and images and isinstance(images[0], (list, tuple)):
-            images = [image for row in images for image in row]
+        images = _flat_images(images)
         if not images:
             raise ValueError("PaperGPT4ImageProcessor: no images given.")
         size = (self.image_size, self.image_size)
@@ -425,6 +419,15 @@ class PaperGPT4ImageProcessor(BaseImageProcessor):
         if return_tensors in (None, "pt"):
             return BatchFeature({"pixel_values": pixel_values})
         return BatchFeature({"pixel_values": pixel_values.numpy()}, tensor_type=return_tensors)
+
+
+def _flat_images(images) -> list:
+    """One image, a (B, ...) batch array, or (nested) lists of them -> a flat list of single images."""
+    if isinstance(images, (list, tuple)):
+        return [image for item in images for image in _flat_images(item)]
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images)
+    return [images]
 
 
 # <|system|>/<|user|>/<|assistant|> turns ended by eos, as the project's chat tokenizer, plus image
