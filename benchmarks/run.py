@@ -16,6 +16,9 @@ matmul measured in the same run, not to a datasheet peak. Rows:
 6. the Switch layer (forward + backward) at 8, 64 and 256 experts against transformers'
    ``SwitchTransformersSparseMLP`` and against a dense FFN of the same active FLOPs
    (``benchmarks/moe.py``)
+7. PPO-ptx (``benchmarks/ppo.py``): rollout generation tokens/s and PPO update ms/sample at response
+   lengths 16-128 (``PPOTrainer`` on our GPT-2 vs on transformers' with the same weights), and the memory
+   of a LoRA policy with the adapter-off reference against a full frozen copy
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +41,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable f
 
 from benchmarks import encoders  # noqa: E402
 from benchmarks import moe as moe_bench  # noqa: E402
+from benchmarks import ppo as ppo_bench  # noqa: E402
 from benchmarks.attention_ops import attention_inputs, banded_op, dense_op  # noqa: E402
 from benchmarks.timing import (  # noqa: E402
     Timing,
@@ -88,6 +92,7 @@ class Sizes:
     measure_memory: bool = True
     encoders: encoders.EncoderSizes = encoders.DEFAULT  # the Transformer, BERT and T5 rows
     moe: moe_bench.MoESizes = moe_bench.DEFAULT  # the Switch layer rows
+    ppo: ppo_bench.PPOSizes = ppo_bench.DEFAULT  # the PPO-ptx rows
 
 
 DEFAULT = Sizes()
@@ -112,6 +117,7 @@ QUICK = Sizes(
     model_repeats=2,
     encoders=encoders.QUICK,
     moe=moe_bench.QUICK,
+    ppo=ppo_bench.QUICK,
 )
 
 
@@ -484,6 +490,9 @@ def run_all(sizes: Sizes, label: str = "custom", progress: Callable[[str], None]
     rows.extend(bench_long_forward(sizes))
     rows.extend(encoders.encoder_rows(sizes.encoders, checks, stage))
     rows.extend(moe_bench.moe_rows(sizes.moe, checks, lambda name: stage(f"Switch layer, {name}")))
+    ppo_sizes = replace(sizes.ppo, measure_memory=sizes.measure_memory and sizes.ppo.measure_memory)
+    ppo_rows, ppo_scaling = ppo_bench.ppo_rows(ppo_sizes, checks, lambda name: stage(f"PPO-ptx, {name}"))
+    rows.extend(ppo_rows)
     return {
         "run": label,
         "machine": machine,
@@ -492,6 +501,7 @@ def run_all(sizes: Sizes, label: str = "custom", progress: Callable[[str], None]
         "flops_formula": FLOPS_FORMULA,
         "checks": checks,
         "rows": rows,
+        "ppo_scaling": ppo_scaling,
         "elapsed_s": time.perf_counter() - start,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
