@@ -19,7 +19,10 @@ Dispatch (``dispatch``) groups the (token, expert) assignments by expert with on
 all experts as one grouped matrix multiply over the contiguous slices (``torch.nn.functional.grouped_mm``
 where the device has it, else a loop over the experts' slices): no Python loop over tokens, no
 ``experts × tokens`` one-hot tensors, and the FLOPs are those of the kept tokens only, so the cost stays
-near a dense FFN of the same active FLOPs however many experts there are.
+near a dense FFN of the same active FLOPs however many experts there are. On the CPU (eager) the
+stacked weight gradients reuse the previous step's memory once it is free (``_reusable_empty_like``):
+mapping them afresh every step cost more page-fault time than the experts' matmuls spent over a dense
+FFN's.
 
 Hub-exportable: only the standard library and ``torch``.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -137,16 +141,83 @@ def _loop_autograd(ctx, grad):
 _loop_op.register_autograd(_loop_autograd, setup_context=_loop_setup_context)
 
 
+def _reusable_empty_like(weight: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor like ``weight`` for its gradient, on the memory of the last one this
+    function gave for ``weight`` when nothing else holds that memory any more (no tensor or view of
+    it is alive: the optimiser's ``zero_grad(set_to_none=True)`` dropped it), else fresh memory.
+
+    Why (CPU): a stacked expert gradient is experts × the dense layer's (256 MiB per projection at 64
+    experts of 512 × 2048 in float32), far above glibc's 32 MiB mmap threshold, so every backward
+    maps it anew and the kernel faults in and zeroes each 4 KiB page: at 64 experts that cost as
+    much system time (about 250 ms) as the expert matmuls' own work took half of, and it was the
+    whole gap to transformers' per-expert ``nn.Linear``s, whose 4 MiB gradients glibc recycles.
+    """
+    owner, storage = _GRAD_STORAGE.get(id(weight), (None, None))
+    if owner is not None and owner() is weight and torch._C._storage_Use_Count(storage._cdata) == 1:
+        return weight.new_empty(0).set_(storage, 0, weight.shape, weight.stride())
+    grad = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    if owner is None:
+        weakref.finalize(weight, _GRAD_STORAGE.pop, id(weight), None)
+    _GRAD_STORAGE[id(weight)] = (weakref.ref(weight), grad.untyped_storage())
+    return grad
+
+
+# id(weight) -> (weak reference to the weight, its last gradient's storage); an entry goes with its weight.
+_GRAD_STORAGE: dict[int, tuple[weakref.ref, torch.UntypedStorage]] = {}
+
+
+class _CPUGroupedLinear(torch.autograd.Function):
+    """``grouped_linear`` in eager mode on the CPU: the same products (one ``grouped_mm`` where the build
+    has it, else the per-expert loop), with a backward that writes the weight gradient expert by
+    expert into ``_reusable_empty_like`` memory instead of a freshly mapped tensor."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, grouped: bool) -> torch.Tensor:
+        ctx.save_for_backward(x, weight, offsets)
+        return F.grouped_mm(x, weight, offs=offsets) if grouped else _loop_forward(x, weight, offsets)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, offsets = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x)
+            grad_x[offsets[-1] :].zero_()  # rows past the last expert's: nothing flows back
+        if ctx.needs_input_grad[1]:
+            grad_weight = _reusable_empty_like(weight)
+        start = 0
+        for expert, end in enumerate(offsets.tolist()):  # one host sync, then contiguous slices
+            if end == start:
+                if grad_weight is not None:
+                    grad_weight[expert].zero_()
+                continue
+            if grad_x is not None:
+                torch.mm(grad[start:end], weight[expert].t(), out=grad_x[start:end])
+            if grad_weight is not None:
+                torch.mm(x[start:end].t(), grad[start:end], out=grad_weight[expert])
+            start = end
+        return grad_x, grad_weight, None, None
+
+
+def _eager_cpu(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and hasattr(torch._C, "_storage_Use_Count") and not torch.compiler.is_compiling()
+
+
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Row block ``e`` of ``x`` (rows ``offsets[e-1]:offsets[e]``) times ``weight[e]``, for every expert.
 
     ``weight`` is (experts, in, out): the layout the grouped kernels read directly and whose gradient
     they write directly (no transposed copy of every expert's weights). Rows beyond ``offsets[-1]``
     are left unspecified (the caller masks them). One grouped GEMM where available, else one matmul
-    per expert.
+    per expert; in eager mode on the CPU through ``_CPUGroupedLinear`` (its weight gradient reuses
+    memory).
     """
     weight = weight.to(x.dtype)
-    if _grouped_mm_available(x, weight):
+    grouped = _grouped_mm_available(x, weight)
+    if _eager_cpu(x):
+        return _CPUGroupedLinear.apply(x, weight, offsets, grouped)
+    if grouped:
         return F.grouped_mm(x, weight, offs=offsets)
     return _loop_op(x, weight, offsets)
 

@@ -339,13 +339,18 @@ def test_capacity_per_sequence_or_per_batch_hand_worked(scope):
 
 
 @pytest.mark.parametrize(
-    "grouped, dtype",
-    [(True, torch.float32), (False, torch.float32), (True, torch.float64)],
-    ids=["grouped_mm", "loop", "float64"],  # no grouped kernel takes float64: the loop runs
-)
-def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped, dtype):
+    "grouped, dtype, eager_cpu",
+    [(True, torch.float32, True), (False, torch.float32, True), (True, torch.float64, True),
+     (True, torch.float32, False), (False, torch.float32, False)],
+    # no grouped kernel takes float64: the loop runs; eager_cpu=False: the paths CUDA and torch.compile
+    # take (grouped_mm's own autograd, the loop's custom op) instead of _CPUGroupedLinear
+    ids=["grouped_mm", "loop", "float64", "grouped_mm-autograd", "loop-custom-op"],
+)  # fmt: skip
+def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped, dtype, eager_cpu):
     if not grouped:
         monkeypatch.setattr(moe, "_grouped_mm_available", lambda x, w: False)
+    if not eager_cpu:
+        monkeypatch.setattr(moe, "_eager_cpu", lambda x: False)
     torch.manual_seed(0)
     experts = moe.Experts(5, 6, 10, torch.nn.ReLU()).to(dtype)
     torch.nn.init.normal_(experts.wi)
@@ -369,6 +374,40 @@ def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped, dtype):
     expected_grads = torch.autograd.grad(expected.sum(), (x, weights, experts.wi, experts.wo))
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_expert_weight_gradient_memory_is_reused_only_when_nothing_holds_it():
+    """On the CPU the stacked weight gradient goes on the last one's memory once the optimiser has
+    dropped it (set_to_none), never while a tensor still holds it."""
+    torch.manual_seed(0)
+    layer = moe.SwitchFeedForward(8, 16, 4, torch.nn.ReLU(), capacity=24).train()
+    for weight in (layer.router.weight, layer.experts.wi, layer.experts.wo):
+        torch.nn.init.normal_(weight)
+    x = torch.randn(2, 12, 8)
+
+    def backward():
+        layer(x).square().sum().backward()
+
+    backward()
+    first = layer.experts.wi.grad
+    held = first.clone()
+    layer.zero_grad(set_to_none=True)
+    backward()
+    second = layer.experts.wi.grad
+    assert second.data_ptr() != first.data_ptr()  # `first` is still alive: fresh memory
+    torch.testing.assert_close(first, held)  # and it was not written over
+    torch.testing.assert_close(second, held)  # same input, same gradient
+    del first
+    layer.zero_grad(set_to_none=True)
+    backward()
+    assert layer.experts.wi.grad.data_ptr() != second.data_ptr()  # `second` is alive
+    pointer = layer.experts.wi.grad.data_ptr()
+    layer.zero_grad(set_to_none=True)
+    backward()  # nothing holds the last gradient now (only `second`, an older one): its memory is reused
+    assert layer.experts.wi.grad.data_ptr() == pointer
+    torch.testing.assert_close(layer.experts.wi.grad, held)
+    backward()  # accumulation (no zero_grad) adds into .grad, whose memory is not handed out again
+    torch.testing.assert_close(layer.experts.wi.grad, 2 * held)
 
 
 def test_dropped_rows_never_leak_into_gradients(monkeypatch):
