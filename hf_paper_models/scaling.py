@@ -1,0 +1,583 @@
+"""Predictable scaling (GPT-4 technical report, §3): predict a run's final loss from much smaller runs.
+
+The report fits "a scaling law with an irreducible loss term (as in Henighan et al.)",
+``L(C) = a·C^b + c``, to models "trained using the same methodology but using at most 10,000x less
+compute than GPT-4", and predicts the big run's final loss before it is trained. Here:
+
+- ``fit_power_law``: the least-squares fit of ``L(C) = a·C^b + c`` with ``a > 0``, ``b < 0`` and
+  ``0 <= c < min(L)``. For a fixed exponent ``b`` the model is linear in ``(a, c)``, so each ``b`` has an
+  exact linear least-squares answer; the loss is then minimised over ``b`` alone (a grid, then golden
+  section). Noise-free points of a power law give back its ``(a, b, c)`` to float precision.
+- ``model_flops``: training compute ``C ≈ 6·N·D`` with ``N`` the non-embedding parameters and ``D`` the
+  training tokens (Kaplan et al. 2020, §2.1: embeddings — token and position tables, and a tied output
+  head — are left out of ``N``).
+- ``plan_ladder``: the small runs, spread geometrically over ``[min_fraction, max_fraction]`` of the
+  target's compute; each rung's size is ``N_target · fraction^size_exponent`` (by default 0.73, Kaplan et al.
+  2020's compute-efficient ``N ∝ C^0.73``, which leaves the small runs enough steps; 0.5 is Hoffmann
+  et al. 2022's), the nearest shape of the same head width, and its steps make
+  up the rest of the compute.
+- ``run_ladder`` / ``predict_then_train`` / ``run_scaling``: every run is the causal-LM recipe
+  (``training/pretrain_lm.py``'s data, tokenizer and loss, ``training_utils.train_loop``) with the same
+  tokenizer, data order, batch, learning rate and schedule family (warm-up, then cosine to the end of
+  *that* run); its final loss is measured on one fixed validation set. The prediction is written to
+  ``prediction.json`` before the target starts training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PowerLawFit",
+    "ScalingRun",
+    "ScalingSettings",
+    "fit_power_law",
+    "model_flops",
+    "non_embedding_parameters",
+    "plan_ladder",
+    "plot_scaling",
+    "predict_then_train",
+    "run_ladder",
+    "run_scaling",
+    "target_run",
+    "train_run",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The fit
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """``L(C) = a·C^b + c``: ``c`` is the irreducible loss, ``b < 0`` the exponent."""
+
+    a: float
+    b: float
+    c: float
+    rmse: float = 0.0  # root-mean-square residual on the fitted points, in loss units
+
+    def predict(self, compute: float | Sequence[float] | np.ndarray) -> float | np.ndarray:
+        value = self.a * np.asarray(compute, dtype=np.float64) ** self.b + self.c
+        return float(value) if value.ndim == 0 else value
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _fit_fixed_exponent(x: np.ndarray, y: np.ndarray, b: float) -> tuple[float, float, float]:
+    """Least squares of ``y = a·x^b + c`` for a fixed ``b``, with ``0 <= c <= ceiling``: ``(sse, a, c)``."""
+    basis = x**b
+    ceiling = y.min() * (1 - 1e-9)
+    design = np.stack([basis, np.ones_like(basis)], axis=1)
+    (a, c), *_ = np.linalg.lstsq(design, y, rcond=None)
+    if not 0 <= c <= ceiling:  # the optimum lies on a bound: fix c there and solve for a alone
+        c = min(max(c, 0.0), ceiling)
+        a = float(basis @ (y - c) / (basis @ basis))
+    if a <= 0:
+        return math.inf, a, c
+    residual = a * basis + c - y
+    return float(residual @ residual), float(a), float(c)
+
+
+def fit_power_law(
+    compute: Sequence[float],
+    loss: Sequence[float],
+    *,
+    exponent_range: tuple[float, float] = (-2.0, -1e-4),
+    grid: int = 400,
+) -> PowerLawFit:
+    """Fit ``L(C) = a·C^b + c`` (``a > 0``, ``b`` in ``exponent_range``, ``0 <= c < min(loss)``) by least
+    squares in loss units. ``c`` and ``a`` are exact linear least squares for each ``b``; ``b`` is found on
+    a grid uniform in ``log(-b)`` and refined by golden-section search around the best grid point."""
+    x = np.asarray(compute, dtype=np.float64)
+    y = np.asarray(loss, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"compute and loss must be 1-D and of one length, got {x.shape} and {y.shape}.")
+    if len(x) < 3:
+        raise ValueError(f"A fit of three parameters needs at least 3 points, got {len(x)}.")
+    if not (np.all(np.isfinite(x)) and np.all(x > 0) and np.all(np.isfinite(y)) and np.all(y > 0)):
+        raise ValueError("compute and loss must be finite and > 0.")
+    low, high = exponent_range
+    if not low < high < 0:
+        raise ValueError(f"exponent_range must satisfy low < high < 0, got {exponent_range}.")
+    scale = float(np.exp(np.log(x).mean()))  # fit on C / scale (geometric mean) for conditioning
+    xs = x / scale
+
+    def sse(b: float) -> float:
+        return _fit_fixed_exponent(xs, y, b)[0]
+
+    bs = -np.exp(np.linspace(np.log(-high), np.log(-low), grid))[::-1]  # low ... high
+    values = [sse(b) for b in bs]
+    best = int(np.argmin(values))
+    left, right = bs[max(best - 1, 0)], bs[min(best + 1, grid - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    p, q = right - ratio * (right - left), left + ratio * (right - left)
+    fp, fq = sse(p), sse(q)
+    for _ in range(200):  # golden section: the bracket shrinks by 0.618 per step
+        if abs(right - left) <= 1e-13 * max(1.0, abs(left)):
+            break
+        if fp <= fq:
+            right, q, fq = q, p, fp
+            p = right - ratio * (right - left)
+            fp = sse(p)
+        else:
+            left, p, fp = p, q, fq
+            q = left + ratio * (right - left)
+            fq = sse(q)
+    candidates = [(values[best], float(bs[best])), (fp, p), (fq, q)]
+    _, b = min(candidates)
+    total, a, c = _fit_fixed_exponent(xs, y, b)
+    if not math.isfinite(total):
+        raise ValueError("No decreasing power law fits these points (the loss does not fall with compute).")
+    # a·(C/scale)^b = (a·scale^-b)·C^b
+    return PowerLawFit(a=float(a * scale ** (-b)), b=float(b), c=float(c), rmse=math.sqrt(total / len(x)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Compute
+# ----------------------------------------------------------------------------------------------
+
+
+def non_embedding_parameters(config: Any) -> int:
+    """Parameters of the causal-LM model ``config`` describes, less its embedding tables (token and
+    position ``nn.Embedding``s; a tied output head shares the token table and is not counted again; an
+    untied one is an embedding too, as in Kaplan et al. 2020). Built on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    import hf_paper_models  # noqa: F401  (registers the model types)
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    output = model.get_output_embeddings()
+    if output is not None:
+        embedding |= {id(p) for p in output.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embedding)
+
+
+def model_flops(config: Any, tokens: float) -> float:
+    """Training compute in FLOPs, ``6·N·D`` (Kaplan et al. 2020, §2.1: 2·N per token forward, twice
+    that backward), with ``N`` the non-embedding parameters and ``D = tokens``; attention's
+    context-dependent term is left out, as there."""
+    return 6.0 * non_embedding_parameters(config) * float(tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings and the ladder
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScalingSettings:
+    """One scaling study: the target model, the ladder below it, and the recipe every run shares."""
+
+    # the target (a GPT-3-style decoder: ``preset`` with these sizes)
+    preset: str = "gpt3-small"
+    target_hidden: int = 128
+    target_layers: int = 4
+    target_steps: int = 3000
+    head_dim: int = 16  # every run's heads are this wide: num_attention_heads = hidden / head_dim
+    # the ladder
+    rungs: int = 5
+    min_fraction: float = 1e-3  # of the target's compute
+    max_fraction: float = 1 / 30
+    size_exponent: float = 0.73  # N_rung = N_target · fraction^size_exponent (Kaplan et al. 2020, §6.1)
+    min_layers: int = 1
+    min_steps: int = 20
+    # the recipe, the same for every run
+    block_size: int = 64
+    sliding_window: int = 32  # GPT-3's banded layers (§2.1)
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    min_lr_rate: float = 0.1  # cosine down to this share of the peak, at the end of each run
+    warmup_fraction: float = 0.05
+    min_warmup_steps: int = 5
+    weight_decay: float = 0.1
+    vocab_size: int = 2048  # byte-level BPE trained on the embedded corpus (GPT-2 §2.2)
+    max_documents: int | None = None  # None: the whole embedded corpus
+    eval_blocks: int = 128  # the fixed validation set: its first blocks
+    eval_batch_size: int = 32
+    seed: int = 0
+    tokenizer_cache_dir: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("target_hidden", "target_layers", "target_steps", "head_dim", "rungs", "block_size",
+                     "batch_size", "eval_blocks", "min_steps", "min_layers"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"ScalingSettings: `{name}` must be >= 1, got {getattr(self, name)!r}.")
+        if self.target_hidden % self.head_dim:
+            raise ValueError(
+                f"ScalingSettings: `target_hidden`={self.target_hidden} is not a multiple of "
+                f"`head_dim`={self.head_dim}."
+            )
+        if not 0 < self.min_fraction < self.max_fraction < 1:
+            raise ValueError(
+                f"ScalingSettings: need 0 < min_fraction < max_fraction < 1, got {self.min_fraction} "
+                f"and {self.max_fraction}."
+            )
+        if self.rungs < 3:
+            raise ValueError(f"ScalingSettings: `rungs` must be >= 3 (three parameters), got {self.rungs}.")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.block_size
+
+
+@dataclass
+class ScalingRun:
+    """One training run of the study (a rung of the ladder, or the target)."""
+
+    name: str
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    steps: int
+    tokens: int
+    non_embedding_parameters: int
+    compute: float  # 6·N·D
+    fraction: float = 1.0  # of the target's compute
+    final_loss: float | None = None  # on the fixed validation set, after the last step
+    train_loss: float | None = None
+    train_seconds: float | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """What defines the run (not its results)."""
+        keys = ("name", "hidden_size", "num_hidden_layers", "num_attention_heads", "steps", "tokens")
+        return {k: getattr(self, k) for k in keys}
+
+
+def run_config(settings: ScalingSettings, hidden: int, layers: int, tokenizer: Any = None) -> Any:
+    """The config of one run: ``settings.preset`` at this size, without dropout (every run sees each
+    token at most a few times), with the tokenizer's vocabulary and special ids when given."""
+    from hf_paper_models import preset
+
+    extra: dict[str, Any] = {"vocab_size": settings.vocab_size}
+    if tokenizer is not None:
+        extra = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                 "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    return preset(
+        settings.preset,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // settings.head_dim,
+        head_dim=settings.head_dim,
+        max_position_embeddings=settings.block_size,
+        sliding_window=min(settings.sliding_window, settings.block_size),
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **extra,
+    )
+
+
+@lru_cache(maxsize=512)
+def _shape_parameters(settings_key: str, hidden: int, layers: int) -> int:
+    settings = ScalingSettings(**json.loads(settings_key))
+    return non_embedding_parameters(run_config(settings, hidden, layers))
+
+
+def _parameters(settings: ScalingSettings, hidden: int, layers: int) -> int:
+    keys = ("preset", "head_dim", "block_size", "sliding_window", "vocab_size")
+    key = json.dumps({k: getattr(settings, k) for k in keys}, sort_keys=True)
+    return _shape_parameters(key, hidden, layers)
+
+
+def target_run(settings: ScalingSettings) -> ScalingRun:
+    """The run whose loss the ladder predicts."""
+    n = _parameters(settings, settings.target_hidden, settings.target_layers)
+    tokens = settings.target_steps * settings.tokens_per_step
+    return ScalingRun(
+        name="target", hidden_size=settings.target_hidden, num_hidden_layers=settings.target_layers,
+        num_attention_heads=settings.target_hidden // settings.head_dim, steps=settings.target_steps,
+        tokens=tokens, non_embedding_parameters=n, compute=6.0 * n * tokens,
+    )  # fmt: skip
+
+
+def plan_ladder(settings: ScalingSettings) -> list[ScalingRun]:
+    """``settings.rungs`` runs at compute fractions spaced geometrically from ``min_fraction`` to
+    ``max_fraction`` of the target's. Each takes the shape (width a multiple of ``head_dim`` up to the
+    target's, ``min_layers`` to the target's depth) whose non-embedding size is nearest, in log, to
+    ``N_target · fraction^size_exponent`` (ties: the depth-to-width ratio nearest the target's), and the
+    number of steps that makes up its compute (at least ``min_steps``, which may overshoot the fraction
+    for a tiny target; the returned ``fraction`` is the real one)."""
+    target = target_run(settings)
+    shapes = [
+        (hidden, layers, _parameters(settings, hidden, layers))
+        for hidden in range(settings.head_dim, settings.target_hidden + 1, settings.head_dim)
+        for layers in range(settings.min_layers, settings.target_layers + 1)
+    ]
+    aspect = math.log(settings.target_hidden / settings.target_layers)
+    fractions = np.geomspace(settings.min_fraction, settings.max_fraction, settings.rungs)
+    runs = []
+    for i, fraction in enumerate(fractions):
+        wanted = math.log(target.non_embedding_parameters * fraction**settings.size_exponent)
+        hidden, layers, n = min(
+            shapes,
+            key=lambda s: (round(abs(math.log(s[2]) - wanted), 6), abs(math.log(s[0] / s[1]) - aspect)),
+        )
+        steps = max(
+            settings.min_steps, round(fraction * target.compute / (6.0 * n * settings.tokens_per_step))
+        )
+        tokens = steps * settings.tokens_per_step
+        runs.append(
+            ScalingRun(
+                name=f"rung{i}",
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=hidden // settings.head_dim,
+                steps=steps,
+                tokens=tokens,
+                non_embedding_parameters=n,
+                compute=6.0 * n * tokens,
+                fraction=6.0 * n * tokens / target.compute,
+            )  # fmt: skip
+        )
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------
+# Training the runs (the causal-LM recipe's pieces)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScalingData:
+    """What every run shares: the tokenizer, the training blocks (in one seeded order) and the fixed
+    validation blocks."""
+
+    tokenizer: Any
+    train: Any
+    validation: Any
+
+
+def load_data(settings: ScalingSettings) -> ScalingData:
+    """The embedded corpus, tokenized and chunked by the causal-LM recipe (``build_datasets``)."""
+    from hf_paper_models.demo import _load_recipe
+    from hf_paper_models.tokenizers import get_tokenizer
+
+    recipe = _load_recipe()
+    tokenizer = get_tokenizer(
+        "byte_bpe", vocab_size=settings.vocab_size, cache_dir=settings.tokenizer_cache_dir,
+        model_max_length=settings.block_size,
+    )  # fmt: skip
+    data_args = recipe.DataArguments(block_size=settings.block_size, max_documents=settings.max_documents)
+    blocks = recipe.build_datasets(data_args, tokenizer, settings.seed)
+    validation = blocks["validation"]
+    if len(validation) < settings.eval_blocks:
+        raise ValueError(
+            f"eval_blocks={settings.eval_blocks} but the validation split holds {len(validation)} blocks of "
+            f"{settings.block_size} tokens."
+        )
+    return ScalingData(tokenizer, blocks["train"], validation.select(range(settings.eval_blocks)))
+
+
+def train_run(
+    run: ScalingRun, settings: ScalingSettings, data: ScalingData, output_dir: str | os.PathLike
+) -> ScalingRun:
+    """Train ``run`` from scratch with ``training_utils.train_loop`` and the recipe's causal-LM loss;
+    return it with its final validation loss. Same seed (initialisation and data order), batch,
+    learning rate and schedule family for every run; the cosine ends at the run's last step."""
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForCausalLM, default_data_collator
+
+    from hf_paper_models.demo import _load_recipe
+
+    from .training_utils import TrainingLoopArguments, make_accelerator, train_loop
+
+    recipe = _load_recipe()
+    folder = Path(output_dir)
+    shutil.rmtree(folder, ignore_errors=True)  # a run always starts afresh
+    args = TrainingLoopArguments(
+        output_dir=str(folder), seed=settings.seed, per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size, learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay, lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": settings.min_lr_rate},
+        warmup_steps=max(settings.min_warmup_steps, round(settings.warmup_fraction * run.steps)),
+        max_steps=run.steps, logging_steps=max(1, run.steps // 10), eval_steps=0, save_steps=0,
+        save_total_limit=1, resume_from_checkpoint="no", report_to="none",
+    )  # fmt: skip
+    accelerator = make_accelerator(args)  # seeds the initialisation
+    model = AutoModelForCausalLM.from_config(
+        run_config(settings, run.hidden_size, run.num_hidden_layers, data.tokenizer)
+    )
+    train_loader = DataLoader(
+        data.train,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=default_data_collator,
+    )
+    eval_loader = DataLoader(
+        data.validation, batch_size=settings.eval_batch_size, collate_fn=default_data_collator
+    )
+    result = train_loop(accelerator, model, train_loader, recipe.causal_lm_loss, args, eval_loader)
+    shutil.rmtree(folder, ignore_errors=True)  # the end-of-run checkpoint; only the loss is kept
+    return replace(
+        run, final_loss=result.eval_loss, train_loss=result.train_loss, train_seconds=result.train_seconds
+    )
+
+
+def run_ladder(
+    runs: Sequence[ScalingRun], settings: ScalingSettings, data: ScalingData, output_dir: str | os.PathLike
+) -> list[ScalingRun]:
+    """Train each rung (smallest first). A rung whose ``output_dir/<name>.json`` records the same run
+    and the same settings is read back instead of retrained, so an interrupted study picks up."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings_record = _recipe_record(settings)
+    done = []
+    for run in runs:
+        record = out / f"{run.name}.json"
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            if saved.get("spec") == run.spec() and saved.get("settings") == settings_record:
+                done.append(ScalingRun(**saved["run"]))
+                print(f"[scaling] {run.name}: reused {record} (loss {saved['run']['final_loss']:.4f})")
+                continue
+        print(f"[scaling] {run.name}: d={run.hidden_size} L={run.num_hidden_layers} N={run.non_embedding_parameters:,} "
+              f"steps={run.steps} C={run.compute:.3g} ({run.fraction:.2%} of the target)")  # fmt: skip
+        trained = train_run(run, settings, data, out / run.name)
+        record.write_text(
+            json.dumps({"spec": run.spec(), "settings": settings_record, "run": asdict(trained)}, indent=2)
+        )
+        done.append(trained)
+    return done
+
+
+def _recipe_record(settings: ScalingSettings) -> dict[str, Any]:
+    """The settings that change a run's outcome (not the ladder's layout)."""
+    skip = {"rungs", "min_fraction", "max_fraction", "size_exponent", "min_layers", "min_steps",
+            "target_hidden", "target_layers", "target_steps", "notes", "tokenizer_cache_dir"}  # fmt: skip
+    return {k: v for k, v in asdict(settings).items() if k not in skip}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def predict_then_train(
+    target: ScalingRun,
+    fit: PowerLawFit,
+    settings: ScalingSettings,
+    data: ScalingData,
+    output_dir: str | os.PathLike,
+    train: Callable[..., ScalingRun] = train_run,
+) -> dict[str, Any]:
+    """Write the fit's prediction of the target's final loss to ``output_dir/prediction.json``, then
+    (only then) train the target, and return the prediction, the measured loss and the relative error
+    ``|predicted - actual| / actual``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    predicted = fit.predict(target.compute)
+    prediction = {"predicted_loss": predicted, "target": target.spec(), "target_compute": target.compute,
+                  "fit": fit.to_dict(), "recorded_at": _now()}  # fmt: skip
+    (out / "prediction.json").write_text(json.dumps(prediction, indent=2) + "\n")
+    print(f"[scaling] prediction for the target (C={target.compute:.3g}): loss {predicted:.4f}, "
+          f"recorded in {out / 'prediction.json'} before training it")  # fmt: skip
+    started = _now()
+    trained = train(target, settings, data, out / target.name)
+    actual = trained.final_loss
+    return {
+        "predicted_loss": predicted,
+        "actual_loss": actual,
+        "relative_error": abs(predicted - actual) / actual,
+        "prediction_recorded_at": prediction["recorded_at"],
+        "target_started_at": started,
+        "target_finished_at": _now(),
+        "target": asdict(trained),
+    }
+
+
+def plot_scaling(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Log-log compute vs final loss: the ladder, the fit extended past the target, the prediction and
+    the target's measured loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fit = PowerLawFit(**result["fit"])
+    ladder = result["ladder"]
+    target = result["target"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    xs = np.geomspace(min(r["compute"] for r in ladder) / 2, target["compute"] * 3, 200)
+    ax.plot(xs, fit.predict(xs), "-", color="C0", alpha=0.8,
+            label=f"fit L = {fit.a:.3g}·C^{fit.b:.3f} + {fit.c:.3f}")  # fmt: skip
+    ax.axhline(fit.c, color="gray", ls=":", lw=1, label=f"irreducible loss c = {fit.c:.3f}")
+    ax.plot([r["compute"] for r in ladder], [r["final_loss"] for r in ladder], "o", color="C0",
+            label="ladder (fitted)")  # fmt: skip
+    ax.plot([target["compute"]], [result["predicted_loss"]], "s", mfc="none", mec="C3", ms=10,
+            label=f"predicted {result['predicted_loss']:.4f}")  # fmt: skip
+    if result.get("actual_loss") is not None:
+        ax.plot(
+            [target["compute"]],
+            [result["actual_loss"]],
+            "*",
+            color="C3",
+            ms=12,
+            label=f"target, measured {result['actual_loss']:.4f} (error {100 * result['relative_error']:.2f}%)",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute C = 6·N·D (FLOPs, non-embedding N)")
+    ax.set_ylabel("final validation loss (nats/token)")
+    ax.set_title("Predictable scaling (GPT-4 report §3)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def run_scaling(
+    settings: ScalingSettings, output_dir: str | os.PathLike, name: str = "scaling"
+) -> dict[str, Any]:
+    """The whole study: plan and train the ladder, fit ``L(C)``, predict the target, train it, and write
+    ``output_dir/<name>.json`` and ``<name>.png``. Returns the JSON's content."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    target = target_run(settings)
+    plan = plan_ladder(settings)
+    data = load_data(settings)
+    ladder = run_ladder(plan, settings, data, out / "runs")
+    fit = fit_power_law([r.compute for r in ladder], [r.final_loss for r in ladder])
+    print(f"[scaling] fit: L(C) = {fit.a:.4g}·C^{fit.b:.4f} + {fit.c:.4f} (rmse {fit.rmse:.4f})")
+    outcome = predict_then_train(target, fit, settings, data, out)
+    epochs = target.tokens / (len(data.train) * settings.block_size)
+    result = {
+        "name": name,
+        "claim": "the fit on the ladder predicts the target's final loss within 3% (|pred - actual| / actual <= 0.03)",
+        "compute_convention": "C = 6·N·D, N = non-embedding parameters (Kaplan et al. 2020), D = training tokens",
+        **outcome,
+        "fit": fit.to_dict(),
+        "ladder": [asdict(r) for r in ladder],
+        "ladder_fraction_range": [min(r.fraction for r in ladder), max(r.fraction for r in ladder)],
+        "train_tokens_available": len(data.train) * settings.block_size,
+        "target_epochs": epochs,
+        "validation_tokens": len(data.validation) * settings.block_size,
+        "vocab_size": len(data.tokenizer),
+        "seconds": time.perf_counter() - started,
+        "settings": asdict(settings),
+    }
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_scaling(result, out / f"{name}.png")
+    print(f"[scaling] predicted {outcome['predicted_loss']:.4f}, measured {outcome['actual_loss']:.4f}: "
+          f"error {100 * outcome['relative_error']:.2f}%; wrote {out / (name + '.json')} and .png")  # fmt: skip
+    return result
