@@ -142,14 +142,15 @@ def gpt2_config(tok: Any, s: PPOSizes, hidden: int, layers: int, heads: int, **e
 
 
 def our_models(
-    tok: Any, s: PPOSizes, hidden: int, layers: int, heads: int, seed: int = 0
-) -> dict[str, nn.Module]:
-    """Policy, its frozen reference copy, value model and reward model (the value model starts as a
-    copy of the reward model, InstructGPT App. C.4)."""
+    tok: Any, s: PPOSizes, hidden: int, layers: int, heads: int, seed: int = 0, reference: bool = True
+) -> dict[str, nn.Module | None]:
+    """Policy, its frozen reference copy (``None`` without ``reference``), value model and reward model
+    (the value model starts as a copy of the reward model, InstructGPT App. C.4)."""
     torch.manual_seed(seed)
     policy = PaperGPT2LMHeadModel(gpt2_config(tok, s, hidden, layers, heads))
     reward = PaperGPT2ForSequenceClassification(gpt2_config(tok, s, hidden, layers, heads, num_labels=1))
-    return {"policy": policy, "ref": copy.deepcopy(policy), "value": copy.deepcopy(reward), "reward": reward}
+    ref = copy.deepcopy(policy) if reference else None
+    return {"policy": policy, "ref": ref, "value": copy.deepcopy(reward), "reward": reward}
 
 
 def data(tok: Any, s: PPOSizes) -> tuple[Any, Any]:
@@ -286,13 +287,12 @@ def scaling(rows: list[dict], lengths: tuple[int, ...]) -> dict[str, dict[str, f
 def memory_models(tok: Any, s: PPOSizes, kind: str) -> dict[str, nn.Module | None]:
     """The models a run holds: ``full`` = policy + reference copy + value + reward; ``lora`` = a LoRA
     policy (its base frozen, shared with the reference) + value + reward."""
-    models = our_models(tok, s, s.memory_hidden, s.memory_layers, s.memory_heads)
+    models = our_models(tok, s, s.memory_hidden, s.memory_layers, s.memory_heads, reference=kind == "full")
     if kind == "lora":
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=s.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
         models["policy"] = get_peft_model(models["policy"], lora)
-        models["ref"] = None
     return models
 
 
