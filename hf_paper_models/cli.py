@@ -1,4 +1,4 @@
-"""``hfpm``: the zoo's command line (list, card, convert, average-checkpoints, align, demo)."""
+"""``hfpm``: the zoo's command line (list, card, convert, average-checkpoints, align, demo, scaling)."""
 
 from __future__ import annotations
 
@@ -113,6 +113,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scaling(args: argparse.Namespace) -> int:
+    """Predictable scaling (GPT-4 report, §3): a ladder of small runs, the fit L(C) = a·C^b + c, the target's
+    loss predicted before it trains, then measured; DIR/scaling.json and DIR/scaling.png."""
+    from .scaling import QUICK, ScalingSettings, run_scaling
+
+    sizes = {"target_hidden": args.target_hidden, "target_layers": args.target_layers,
+             "target_steps": args.target_steps, "rungs": args.rungs, "seed": args.seed}  # fmt: skip
+    base = dict(QUICK) if args.quick else {}
+    settings = ScalingSettings(**{**base, **{k: v for k, v in sizes.items() if v is not None}})
+    result = run_scaling(settings, args.output_dir)
+    print(f"[scaling] predicted {result['predicted_loss']:.4f}, measured {result['actual_loss']:.4f}, "
+          f"relative error {100 * result['relative_error']:.2f}%")  # fmt: skip
+    return 0
+
+
 def cmd_instructgpt(args: argparse.Namespace) -> int:
     """SFT -> reward model -> PPO-ptx on the embedded tasks (Ouyang et al. 2022), then the report."""
     from transformers import HfArgumentParser
@@ -204,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=int, default=None, help="train exactly this many steps (overrides --seconds)")
     demo.set_defaults(func=cmd_demo)
+    scaling = sub.add_parser(
+        "scaling", help="predict a GPT-3-style run's final loss from a ladder of small runs (GPT-4 report §3)"
+    )
+    scaling.add_argument("--output-dir", default="runs/scaling")
+    scaling.add_argument("--target-hidden", type=int, default=None, help="the target's width (default 128)")
+    scaling.add_argument("--target-layers", type=int, default=None, help="the target's depth (default 4)")
+    scaling.add_argument("--target-steps", type=int, default=None, help="the target's training steps (default 3000)")
+    scaling.add_argument("--rungs", type=int, default=None, help="small runs in the ladder (default 5)")
+    scaling.add_argument("--seed", type=int, default=None)
+    scaling.add_argument("--quick", action="store_true", help="a study of seconds that checks the pipeline")
+    scaling.set_defaults(func=cmd_scaling)
     return parser
 
 

@@ -12,9 +12,9 @@ compute than GPT-4", and predicts the big run's final loss before it is trained.
   training tokens (Kaplan et al. 2020, §2.1: embeddings — token and position tables, and a tied output
   head — are left out of ``N``).
 - ``plan_ladder``: the small runs, spread geometrically over ``[min_fraction, max_fraction]`` of the
-  target's compute; each rung's size is ``N_target · fraction^size_exponent`` (by default 0.73, Kaplan et al.
-  2020's compute-efficient ``N ∝ C^0.73``, which leaves the small runs enough steps; 0.5 is Hoffmann
-  et al. 2022's), the nearest shape of the same head width, and its steps make
+  target's compute; each rung's size is ``N_target · fraction^size_exponent`` (by default 0.5: parameters and
+  tokens grow together, Hoffmann et al. 2022; Kaplan et al. 2020's 0.73 shrinks the small runs to the
+  smallest shape at this scale, where their losses bend off the power law), the nearest shape of the same head width, and its steps make
   up the rest of the compute.
 - ``run_ladder`` / ``predict_then_train`` / ``run_scaling``: every run is the causal-LM recipe
   (``training/pretrain_lm.py``'s data, tokenizer and loss, ``training_utils.train_loop``) with the same
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "QUICK",
     "PowerLawFit",
     "ScalingRun",
     "ScalingSettings",
@@ -112,6 +113,8 @@ def fit_power_law(
         raise ValueError(f"A fit of three parameters needs at least 3 points, got {len(x)}.")
     if not (np.all(np.isfinite(x)) and np.all(x > 0) and np.all(np.isfinite(y)) and np.all(y > 0)):
         raise ValueError("compute and loss must be finite and > 0.")
+    if np.corrcoef(np.log(x), y)[0, 1] >= 0:
+        raise ValueError("No decreasing power law fits these points (the loss does not fall with compute).")
     low, high = exponent_range
     if not low < high < 0:
         raise ValueError(f"exponent_range must satisfy low < high < 0, got {exponent_range}.")
@@ -196,7 +199,7 @@ class ScalingSettings:
     rungs: int = 5
     min_fraction: float = 1e-3  # of the target's compute
     max_fraction: float = 1 / 30
-    size_exponent: float = 0.73  # N_rung = N_target · fraction^size_exponent (Kaplan et al. 2020, §6.1)
+    size_exponent: float = 0.5  # N_rung = N_target · fraction^size_exponent (Hoffmann et al. 2022)
     min_layers: int = 1
     min_steps: int = 20
     # the recipe, the same for every run
@@ -209,7 +212,9 @@ class ScalingSettings:
     min_warmup_steps: int = 5
     weight_decay: float = 0.1
     vocab_size: int = 2048  # byte-level BPE trained on the embedded corpus (GPT-2 §2.2)
-    max_documents: int | None = None  # None: the whole embedded corpus
+    # documents of the embedded corpus (generated: more than its default 4,300 make a longer corpus);
+    # 20,000 give about 3M training tokens, one epoch of the default target
+    max_documents: int | None = 20_000
     eval_blocks: int = 128  # the fixed validation set: its first blocks
     eval_batch_size: int = 32
     seed: int = 0
@@ -237,6 +242,15 @@ class ScalingSettings:
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.block_size
+
+
+#: A study of seconds that checks the pipeline (``hfpm scaling --quick``, the reproduction's ``--smoke``):
+#: far too short to be in the power-law regime, and its ladder spans 1/100 to 1/5 of the target only.
+QUICK = dict(
+    target_hidden=32, target_layers=2, target_steps=60, head_dim=8, rungs=3, min_fraction=1e-2, max_fraction=0.2,
+    min_steps=5, block_size=32, sliding_window=16, batch_size=8, vocab_size=512, max_documents=300,
+    eval_blocks=16, min_warmup_steps=2,
+)  # fmt: skip
 
 
 @dataclass
@@ -519,7 +533,8 @@ def plot_scaling(result: dict[str, Any], path: str | os.PathLike) -> Path:
     xs = np.geomspace(min(r["compute"] for r in ladder) / 2, target["compute"] * 3, 200)
     ax.plot(xs, fit.predict(xs), "-", color="C0", alpha=0.8,
             label=f"fit L = {fit.a:.3g}·C^{fit.b:.3f} + {fit.c:.3f}")  # fmt: skip
-    ax.axhline(fit.c, color="gray", ls=":", lw=1, label=f"irreducible loss c = {fit.c:.3f}")
+    if fit.c > 0:  # (none to draw on a log axis when the fit puts it at 0)
+        ax.axhline(fit.c, color="gray", ls=":", lw=1, label=f"irreducible loss c = {fit.c:.3f}")
     ax.plot([r["compute"] for r in ladder], [r["final_loss"] for r in ladder], "o", color="C0",
             label="ladder (fitted)")  # fmt: skip
     ax.plot([target["compute"]], [result["predicted_loss"]], "s", mfc="none", mec="C3", ms=10,
