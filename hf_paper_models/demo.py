@@ -21,9 +21,12 @@ CONFIG = REPO / "training" / "configs" / "gpt2_tiny.yaml"
 PROMPT = "The old woman"
 
 
-def _load_recipe():
+def load_pretrain_recipe():
+    """``training/pretrain_lm.py`` (a script, not part of the package) as a module, loaded once."""
+    if "pretrain_lm" in sys.modules:
+        return sys.modules["pretrain_lm"]
     if not RECIPE.is_file():
-        raise ValueError(f"The demo runs {RECIPE}, which is missing: run it from a checkout of the repository.")
+        raise ValueError(f"This runs {RECIPE}, which is missing: run it from a checkout of the repository.")
     spec = importlib.util.spec_from_file_location("pretrain_lm", RECIPE)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
@@ -64,7 +67,7 @@ def run_demo(
     from hf_paper_models.data import lm_dataset
     from hf_paper_models.evaluation import perplexity
 
-    recipe = _load_recipe()
+    recipe = load_pretrain_recipe()
     # Calibrate: 20 steps to measure this machine's speed (the second logging window, after warm-up,
     # from the run's TensorBoard log), then size the run to the budget.
     probe_dir = Path(output_dir) / "probe"

@@ -21,9 +21,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-PRETRAIN_RECIPE = REPO / "training" / "pretrain_lm.py"
-
 
 @dataclass
 class InstructGPTArguments:
@@ -39,13 +36,13 @@ class InstructGPTArguments:
     vocab_size: int = 2048
     # 0. pretraining on the embedded corpus
     pretrain_steps: int = 300
-    pretrain_batch_size: int = 16
+    pretrain_batch_size: int = 8  # blocks of max_position_embeddings tokens
     pretrain_learning_rate: float = 2e-3
     # 1. SFT
     sft_examples: int = 3000
-    sft_epochs: float = 1.0
+    sft_epochs: float = 3.0  # the paper trains 16 epochs and picks by RM score
     sft_batch_size: int = 16
-    sft_learning_rate: float = 1e-3
+    sft_learning_rate: float = 3e-3
     # 2. reward model
     rm_prompts: int = 1200
     rm_policy_prompts: int = 300
@@ -81,22 +78,14 @@ def _pretrain(args: InstructGPTArguments, out: Path, tokenizer_dir: Path) -> Pat
     final = out / "pretrain" / "final"
     if (final / "config.json").is_file():
         return final
-    import importlib.util
-    import sys
+    from .demo import load_pretrain_recipe
 
-    if not PRETRAIN_RECIPE.is_file():
-        raise ValueError(f"The pipeline pretrains with {PRETRAIN_RECIPE}, which is missing: run from a checkout.")
-    if "pretrain_lm" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("pretrain_lm", PRETRAIN_RECIPE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pretrain_lm"] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-    recipe = sys.modules["pretrain_lm"]
+    recipe = load_pretrain_recipe()
     argv = [
         "--preset", "gpt2-small", "--hidden_size", str(args.hidden_size),
         "--num_hidden_layers", str(args.num_hidden_layers), "--num_attention_heads", str(args.num_attention_heads),
         "--max_position_embeddings", str(args.max_position_embeddings), "--tokenizer_path", str(tokenizer_dir),
-        "--block_size", str(min(64, args.max_position_embeddings)), "--output_dir", str(out / "pretrain"),
+        "--block_size", str(args.max_position_embeddings), "--output_dir", str(out / "pretrain"),
         "--max_steps", str(args.pretrain_steps), "--per_device_train_batch_size", str(args.pretrain_batch_size),
         "--learning_rate", str(args.pretrain_learning_rate), "--warmup_steps", str(max(1, args.pretrain_steps // 10)),
         "--lr_scheduler_type", "cosine", "--seed", str(args.seed), "--eval_steps", "0", "--max_eval_batches", "4", "--max_documents", "4000",
@@ -217,7 +206,7 @@ def run_instructgpt(args: InstructGPTArguments) -> dict[str, Any]:
 
     evaluation = EvaluationArguments(num_prompts=args.eval_prompts, max_new_tokens=args.max_new_tokens)
     clock = time.perf_counter()
-    report = evaluate_stage(sft_dir, ppo_dir, reward_dir, evaluation)
+    report = evaluate_stage(sft_dir, ppo_dir, reward_dir, evaluation, base_path=base)
     plain: list[dict] | None = None
     if args.compare_plain_ppo:
         plain_dir = out / "ppo_no_ptx"

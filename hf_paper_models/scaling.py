@@ -382,10 +382,10 @@ class ScalingData:
 
 def load_data(settings: ScalingSettings) -> ScalingData:
     """The embedded corpus, tokenized and chunked by the causal-LM recipe (``build_datasets``)."""
-    from hf_paper_models.demo import _load_recipe
+    from hf_paper_models.demo import load_pretrain_recipe
     from hf_paper_models.tokenizers import get_tokenizer
 
-    recipe = _load_recipe()
+    recipe = load_pretrain_recipe()
     tokenizer = get_tokenizer(
         "byte_bpe", vocab_size=settings.vocab_size, cache_dir=settings.tokenizer_cache_dir,
         model_max_length=settings.block_size,
@@ -410,11 +410,11 @@ def train_run(
     from torch.utils.data import DataLoader
     from transformers import AutoModelForCausalLM, default_data_collator
 
-    from hf_paper_models.demo import _load_recipe
+    from hf_paper_models.demo import load_pretrain_recipe
 
     from .training_utils import TrainingLoopArguments, make_accelerator, train_loop
 
-    recipe = _load_recipe()
+    recipe = load_pretrain_recipe()
     folder = Path(output_dir)
     shutil.rmtree(folder, ignore_errors=True)  # a run always starts afresh
     args = TrainingLoopArguments(

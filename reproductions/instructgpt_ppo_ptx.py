@@ -10,8 +10,11 @@ Decision rules, fixed before the run:
 - win: the labeler prefers PPO-ptx to SFT (ties half) on at least 65% of held-out prompts, sampled at
   temperature 1 (the issue's threshold);
 - KL: the KL of PPO-ptx to SFT on its own held-out samples stays below 10 nats per response;
-- alignment tax: PPO-ptx's held-out pretraining loss is within 5% of SFT's, and plain PPO's moves
-  further from SFT's than PPO-ptx's does.
+- alignment tax (the issue's rule): PPO-ptx's held-out pretraining loss is within 5% of SFT's, and plain
+  PPO's moves further from SFT's than PPO-ptx's does;
+- alignment tax measured as the paper does (§4.2, against the pretrained model, GPT-3 there; this rule
+  was added after tuning runs showed that our SFT itself forgets the corpus): PPO-ptx's pretraining
+  loss is closer to the pretrained base model's than plain PPO's is.
 
     python reproductions/instructgpt_ppo_ptx.py            # the demo's settings, ~15 minutes on 2 cores
     python reproductions/instructgpt_ppo_ptx.py --smoke    # seconds: keeps the script running in the tests
@@ -59,6 +62,7 @@ def verdicts(report: dict) -> dict:
         "kl_bounded": report["kl"] < MAX_KL,
         "ptx_within_tolerance": abs(ptx / sft - 1) <= PTX_TOLERANCE,
         "plain_ppo_drifts_further": abs(plain - sft) > abs(ptx - sft),
+        "ptx_closer_to_base_than_plain": abs(ptx - report["ptx_loss_base"]) < abs(plain - report["ptx_loss_base"]),
     }
 
 
@@ -70,9 +74,9 @@ def plot(report: dict, path: Path) -> None:
         ax_kl.plot(steps, [r.get("kl") for r in rows], label=name)
     ax_score.set(xlabel="rollout", ylabel="reward-model score", title="Reward during RL")
     ax_kl.set(xlabel="rollout", ylabel="KL to SFT (nats / response)", title="KL during RL")
-    names = ["SFT", "PPO-ptx", "PPO"]
-    values = [report["ptx_loss_sft"], report["ptx_loss_ppo"], report["ptx_loss_ppo_no_ptx"]]
-    ax_ptx.bar(names, values, color=["grey", "tab:blue", "tab:orange"])
+    names = ["base", "SFT", "PPO-ptx", "PPO"]
+    values = [report["ptx_loss_base"], report["ptx_loss_sft"], report["ptx_loss_ppo"], report["ptx_loss_ppo_no_ptx"]]
+    ax_ptx.bar(names, values, color=["black", "grey", "tab:blue", "tab:orange"])
     ax_ptx.set(ylabel="held-out pretraining loss", title="Alignment tax",
                ylim=(min(values) * 0.95, max(values) * 1.02))  # fmt: skip
     ax_ptx.text(0.5, 0.95, f"win rate PPO-ptx vs SFT: {report['win_rate_ppo_vs_sft']:.1%}", ha="center",
@@ -108,8 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
                   rules={"win_rate": WIN_RATE, "max_kl": MAX_KL, "ptx_tolerance": PTX_TOLERANCE})  # fmt: skip
     write_json(out / "instructgpt_ppo_ptx.json", report)
     plot(report, out / "instructgpt_ppo_ptx.png")
-    for key in ("win_rate_ppo_vs_sft", "win_rate_ppo_no_ptx_vs_sft", "kl", "ptx_loss_sft", "ptx_loss_ppo",
-                "ptx_loss_ppo_no_ptx"):  # fmt: skip
+    for key in ("win_rate_ppo_vs_sft", "win_rate_ppo_no_ptx_vs_sft", "kl", "ptx_loss_base", "ptx_loss_sft",
+                "ptx_loss_ppo", "ptx_loss_ppo_no_ptx"):  # fmt: skip
         print(f"{key}: {report[key]:.4f}")
     print("verdicts:", report["verdicts"])
     return report

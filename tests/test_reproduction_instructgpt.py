@@ -12,10 +12,11 @@ from reproductions import instructgpt_ppo_ptx as repro
 
 
 def test_verdicts_follow_the_rules_written_in_the_script():
-    report = {"win_rate_ppo_vs_sft": 0.70, "kl": 3.0, "ptx_loss_sft": 4.00, "ptx_loss_ppo": 4.12,
-              "ptx_loss_ppo_no_ptx": 4.50}  # fmt: skip
+    report = {"win_rate_ppo_vs_sft": 0.70, "kl": 3.0, "ptx_loss_base": 3.9, "ptx_loss_sft": 4.00,
+              "ptx_loss_ppo": 4.12, "ptx_loss_ppo_no_ptx": 4.50}  # fmt: skip
     assert repro.verdicts(report) == {
         "win_rate_holds": True, "kl_bounded": True, "ptx_within_tolerance": True, "plain_ppo_drifts_further": True,
+        "ptx_closer_to_base_than_plain": True,
     }  # fmt: skip
     report.update(win_rate_ppo_vs_sft=0.6, ptx_loss_ppo=4.3, ptx_loss_ppo_no_ptx=4.1, kl=12.0)
     assert not any(repro.verdicts(report).values())

@@ -375,11 +375,16 @@ def _response_logprob_sum(model: Any, tokenizer: Any, prompts: list, responses: 
 
 
 def evaluate_stage(
-    sft_path: str | Path, ppo_path: str | Path, reward_path: str | Path, args: EvaluationArguments
+    sft_path: str | Path,
+    ppo_path: str | Path,
+    reward_path: str | Path,
+    args: EvaluationArguments,
+    base_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """The report's figures: labeler win rate of PPO over SFT on held-out prompts (sampled at
     ``args.temperature``, and greedy), both policies' mean reward-model score and labeler score, the
-    KL of PPO to SFT on PPO's samples, and each policy's loss on held-out pretraining text."""
+    KL of PPO to SFT on PPO's samples, and each policy's loss on held-out pretraining text (and the
+    pretrained base model's, when ``base_path`` is given)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from ..data import lm_dataset
@@ -406,6 +411,9 @@ def evaluate_stage(
         report[f"labeler_score_{name}"] = sum(label(t, r) for t, r in zip(tasks, sampled[name])) / len(tasks)
         report[f"labeler_score_{name}_greedy"] = sum(label(t, r) for t, r in zip(tasks, greedy[name])) / len(tasks)
         report[f"ptx_loss_{name}"] = math.log(perplexity(model, tokenizer, texts))
+    if base_path is not None:  # the pretrained model before SFT: the paper measures the tax against it
+        base = AutoModelForCausalLM.from_pretrained(base_path).eval()
+        report["ptx_loss_base"] = math.log(perplexity(base, tokenizer, texts))
     report["win_rate_ppo_vs_sft"] = win_rate(tasks, sampled["ppo"], sampled["sft"], compare)["win_rate"]
     report["win_rate_detail"] = win_rate(tasks, sampled["ppo"], sampled["sft"], compare)
     report["win_rate_ppo_vs_sft_greedy"] = win_rate(tasks, greedy["ppo"], greedy["sft"], compare)["win_rate"]
