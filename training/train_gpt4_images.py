@@ -1,0 +1,259 @@
+"""GPT-4 (OpenAI 2023) on the embedded image tasks: "image and text inputs [...] text outputs" (§1-2).
+``gpt4-tiny`` learns to answer a question about a rendered picture (its shapes' kind, colour, count or
+position); the loss is the next-token loss on the assistant's answer only (the picture, system and
+question are context), then greedy answers on held-out pictures are scored by exact match.
+
+    python training/train_gpt4_images.py --config training/configs/gpt4_tiny_images.yaml
+    python training/train_gpt4_images.py --config training/configs/gpt4_tiny_images.yaml --max_steps 20 \\
+        --output_dir runs/try
+    accelerate launch --multi_gpu --num_processes 2 training/train_gpt4_images.py --config ...   # DDP
+
+The data are ``hf_paper_models.data.images`` (train and held-out pictures from separate seeds), each
+example one chat through the processor's template: ``[system?, user: <image> + question, assistant:
+answer]``. At the end ``output_dir/results.json`` holds the held-out exact-match accuracy beside the
+majority-class baseline (the most common training answer of each question kind), both per question kind
+too, and a few sample answers; ``output_dir/final`` holds the model and the processor (loads with
+``AutoModelForImageTextToText`` / ``AutoProcessor`` after ``import hf_paper_models``). Resumes from the
+latest checkpoint in ``output_dir`` and logs to TensorBoard like the other recipes
+(``hf_paper_models.training_utils``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoModelForImageTextToText, default_data_collator
+
+from hf_paper_models import PRESETS, preset
+from hf_paper_models.data.images import QUESTIONS, ImageTask, majority_baseline, split_tasks
+from hf_paper_models.models.gpt4 import PaperGPT4Processor
+from hf_paper_models.tokenizers import image_chat_tokenizer
+from hf_paper_models.training_utils import (
+    PresetArguments,
+    TrainingLoopArguments,
+    flat_config,
+    make_accelerator,
+    parse_args,
+    save_final,
+    train_loop,
+)
+
+IGNORE_INDEX = -100  # the label of positions without loss (transformers' cross-entropy default)
+
+
+@dataclass
+class ImageTaskArguments(PresetArguments):
+    preset: str = field(default="gpt4-tiny", metadata={"help": "A paper-gpt4 preset."})
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None
+    max_position_embeddings: int | None = None
+    model_overrides: dict | str | None = field(
+        default=None, metadata={"help": 'Other config fields, as a mapping (YAML) or JSON ({"dropout": 0}).'}
+    )
+    tokenizer_cache_dir: str | None = field(default=None, metadata={"help": "Reuse the trained tokenizer."})
+    num_train: int = field(default=4000, metadata={"help": "Training pictures with their questions."})
+    num_eval: int = field(default=400, metadata={"help": "Held-out pictures (another seed)."})
+    data_seed: int = 0
+    system_message: str | None = field(
+        default="Answer with one word.", metadata={"help": "The system turn of every chat; '' for none."}
+    )
+    max_new_tokens: int = field(default=4, metadata={"help": "Greedy answer length at evaluation."})
+    num_samples: int = field(default=8, metadata={"help": "Held-out answers written to results.json."})
+
+    def __post_init__(self) -> None:
+        self.check_preset(AutoModelForImageTextToText, "has no image-text-to-text head")
+        if PRESETS[self.preset] != "paper-gpt4":
+            raise ValueError(f"`preset`={self.preset!r} is not a paper-gpt4 preset.")
+        if self.num_train < 1 or self.num_eval < 1:
+            raise ValueError(
+                f"num_train and num_eval must be >= 1, got {self.num_train} and {self.num_eval}."
+            )
+
+
+def chat(task: ImageTask, system: str | None, answer: bool) -> list[dict[str, Any]]:
+    """The example as chat messages; the assistant turn (the answer) only when ``answer``."""
+    out = [{"role": "system", "content": system}] if system else []
+    out.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": task.question}]})
+    if answer:
+        out.append({"role": "assistant", "content": task.answer})
+    return out
+
+
+def prompt_inputs(
+    processor: PaperGPT4Processor, task: ImageTask, system: str | None
+) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``pixel_values`` of the prompt up to the assistant's turn."""
+    text = processor.apply_chat_template(
+        chat(task, system, False), add_generation_prompt=True, tokenize=False
+    )
+    return processor(images=task.image, text=text, return_tensors="pt")
+
+
+def encode(
+    processor: PaperGPT4Processor, tasks: list[ImageTask], system: str | None
+) -> list[dict[str, torch.Tensor]]:
+    """Training rows padded to one length: labels are the answer tokens and the end-of-turn token (the
+    assistant turn of the template's ``{% generation %}`` block); the picture, system and question
+    positions, and padding, carry ``IGNORE_INDEX``."""
+    tokenizer = processor.tokenizer
+    rows = []
+    for task in tasks:
+        prompt = prompt_inputs(processor, task, system)
+        text = processor.apply_chat_template(chat(task, system, True), tokenize=False)
+        ids = processor(images=task.image, text=text, return_tensors="pt")["input_ids"][0]
+        start = prompt["input_ids"].shape[1]
+        if not torch.equal(ids[:start], prompt["input_ids"][0]):  # the answer must not re-tokenize the prompt
+            raise ValueError(f"The prompt's tokens change when the answer {task.answer!r} follows them.")
+        # The template's newline after the end-of-turn token is no part of the answer: stop at the token.
+        ends = (ids[start:] == tokenizer.eos_token_id).nonzero()
+        ids = ids[: start + int(ends[0]) + 1]
+        labels = ids.clone()
+        labels[:start] = IGNORE_INDEX
+        rows.append({"input_ids": ids, "labels": labels, "pixel_values": prompt["pixel_values"][0]})
+    width = max(len(r["input_ids"]) for r in rows)
+    for r in rows:
+        pad = width - len(r["input_ids"])
+        r["attention_mask"] = torch.cat(
+            [torch.ones(len(r["input_ids"]), dtype=torch.long), torch.zeros(pad, dtype=torch.long)]
+        )
+        r["input_ids"] = torch.cat([r["input_ids"], torch.full((pad,), tokenizer.pad_token_id)])
+        r["labels"] = torch.cat([r["labels"], torch.full((pad,), IGNORE_INDEX)])
+    return rows
+
+
+def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    """Mean next-token cross-entropy over the answer tokens (the model shifts ``labels``), with the
+    share of answer tokens predicted right logged beside it."""
+    out = model(**batch)
+    predicted = out.logits[:, :-1].argmax(-1)
+    target = batch["labels"][:, 1:]
+    mask = target != IGNORE_INDEX
+    accuracy = (predicted[mask] == target[mask]).float().mean()
+    return out.loss, {"answer_token_accuracy": accuracy.detach()}
+
+
+@torch.no_grad()
+def answer_held_out(
+    model: torch.nn.Module,
+    processor: PaperGPT4Processor,
+    tasks: list[ImageTask],
+    system: str | None,
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[str]:
+    """Greedy answers, decoded without special tokens and stripped. One question kind's prompts have the
+    same tokens (the text is fixed per kind), so batches of one kind need no padding."""
+    model.eval()
+    tokenizer = processor.tokenizer
+    answers: list[str] = [""] * len(tasks)
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    for i, task in enumerate(tasks):
+        by_kind[task.kind].append(i)
+    for indices in by_kind.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            inputs = [prompt_inputs(processor, tasks[i], system) for i in chunk]
+            input_ids = torch.cat([x["input_ids"] for x in inputs]).to(model.device)
+            pixel_values = torch.cat([x["pixel_values"] for x in inputs]).to(model.device)
+            out = model.generate(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            for i, row in zip(chunk, out[:, input_ids.shape[1] :]):
+                answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return answers
+
+
+def score(train: list[ImageTask], held_out: list[ImageTask], answers: list[str]) -> dict[str, Any]:
+    """Exact-match accuracy (after stripping whitespace) and the majority baseline, overall and per kind."""
+    per_kind = {}
+    for kind in QUESTIONS:
+        idx = [i for i, t in enumerate(held_out) if t.kind == kind]
+        if idx:
+            per_kind[kind] = {
+                "n": len(idx),
+                "accuracy": sum(answers[i] == held_out[i].answer for i in idx) / len(idx),
+                "majority_baseline": majority_baseline(train, [held_out[i] for i in idx]),
+            }
+    return {
+        "accuracy": sum(a == t.answer for a, t in zip(answers, held_out)) / len(held_out),
+        "majority_baseline": majority_baseline(train, held_out),
+        "n_held_out": len(held_out),
+        "per_question_type": per_kind,
+    }
+
+
+def main(argv: list[str] | None = None) -> Path:
+    loop_args, args = parse_args([TrainingLoopArguments, ImageTaskArguments], argv)
+    config = preset(args.preset, **args.config_overrides())
+    accelerator = make_accelerator(loop_args)
+    with accelerator.main_process_first():  # trains the tokenizer once (cached in tokenizer_cache_dir)
+        tokenizer = image_chat_tokenizer(cache_dir=args.tokenizer_cache_dir)
+    if (
+        len(tokenizer) != config.vocab_size
+        or tokenizer.convert_tokens_to_ids("<image>") != config.image_token_id
+    ):
+        raise ValueError(
+            f"{args.preset}'s vocabulary ({config.vocab_size}, <image> = {config.image_token_id}) does not match "
+            f"image_chat_tokenizer() ({len(tokenizer)} tokens)."
+        )
+    processor = PaperGPT4Processor.for_model(config, tokenizer)
+    system = args.system_message or None
+    train, held_out = split_tasks(args.num_train, args.num_eval, seed=args.data_seed)
+    train_rows, eval_rows = encode(processor, train, system), encode(processor, held_out, system)
+    model = AutoModelForImageTextToText.from_config(config)
+    accelerator.print(
+        f"{args.preset}: {model.num_parameters() / 1e6:.2f}M parameters, {len(train)} train / {len(held_out)} "
+        f"held-out pictures, {len(train_rows[0]['input_ids'])} tokens per example."
+    )
+    train_loader = DataLoader(
+        train_rows, batch_size=loop_args.per_device_train_batch_size, shuffle=True, drop_last=True,
+        collate_fn=default_data_collator, num_workers=loop_args.dataloader_num_workers,
+    )  # fmt: skip
+    eval_loader = DataLoader(
+        eval_rows, batch_size=loop_args.per_device_eval_batch_size, collate_fn=default_data_collator
+    )
+    result = train_loop(
+        accelerator, model, train_loader, answer_loss, loop_args, eval_loader,
+        tracker_config=flat_config(loop_args, args),
+    )  # fmt: skip
+    final = save_final(accelerator, result.model, processor, loop_args.output_dir)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(result.model)
+        answers = answer_held_out(
+            unwrapped, processor, held_out, system, args.max_new_tokens, loop_args.per_device_eval_batch_size
+        )
+        results = {
+            "step": result.step,
+            "train_loss": result.train_loss,
+            "eval_answer_loss": result.eval_loss,
+            **score(train, held_out, answers),
+            "samples": [
+                {"kind": t.kind, "question": t.question, "answer": t.answer, "generated": a}
+                for t, a in list(zip(held_out, answers))[: args.num_samples]
+            ],
+        }
+        (Path(loop_args.output_dir) / "results.json").write_text(json.dumps(results, indent=2))
+        accelerator.print(
+            f"Held-out accuracy {results['accuracy']:.3f} vs majority baseline {results['majority_baseline']:.3f}; "
+            + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in results["per_question_type"].items())
+        )
+    accelerator.end_training()
+    return final
+
+
+if __name__ == "__main__":
+    main()
