@@ -96,3 +96,10 @@ def test_recipe_trains_answers_and_saves_a_loadable_model(tmp_path, recipe):
     _, held = split_tasks(48, 12, seed=0)
     again = recipe.answer_held_out(model, processor, held, "Answer with one word.", 4, 5)
     assert [s["generated"] for s in results["samples"]] == again[: len(results["samples"])]
+
+
+def test_refuses_a_preset_without_images(recipe):
+    with pytest.raises(ValueError, match="gpt2-small"):
+        recipe.ImageTaskArguments(preset="gpt2-small")
+    with pytest.raises(ValueError, match="num_train"):
+        recipe.ImageTaskArguments(num_train=0)
