@@ -35,7 +35,7 @@ class InstructGPTArguments:
     max_position_embeddings: int = 128
     vocab_size: int = 2048
     # 0. pretraining on the embedded corpus
-    pretrain_steps: int = 300
+    pretrain_steps: int = 600
     pretrain_batch_size: int = 8  # blocks of max_position_embeddings tokens
     pretrain_learning_rate: float = 2e-3
     # 1. SFT
@@ -44,8 +44,8 @@ class InstructGPTArguments:
     sft_batch_size: int = 16
     sft_learning_rate: float = 3e-3
     # 2. reward model
-    rm_prompts: int = 1200
-    rm_policy_prompts: int = 300
+    rm_prompts: int = 3000
+    rm_policy_prompts: int = 600
     rm_epochs: float = 1.0
     rm_batch_size: int = 4
     rm_learning_rate: float = 5e-4
@@ -57,14 +57,14 @@ class InstructGPTArguments:
     ppo_epochs: int = 4
     ppo_learning_rate: float = 3e-5
     kl_coef: float = 0.02
-    ptx_coef: float = 1.0
+    ptx_coef: float = 0.1  # the paper's 27.8 is on its own loss scale; tuned here (1.0 won less often)
     max_new_tokens: int = 24
     use_peft: bool = False
     compare_plain_ppo: bool = field(
         default=False, metadata={"help": "Also run PPO with ptx_coef=0 to measure the alignment tax."}
     )
     # evaluation
-    eval_prompts: int = 200
+    eval_prompts: int = 400
 
     def __post_init__(self) -> None:
         for f in fields(self):
