@@ -106,3 +106,41 @@ def test_demonstration_styles_are_the_phrases_of_the_embedded_demonstrations():
         assert style.system in systems, style.system
     assert [s.name for s in DEMONSTRATION_STYLES] == [s.name for s in STYLES]
     assert [s.constraints for s in DEMONSTRATION_STYLES] == [s.constraints for s in STYLES]
+
+
+def test_command_line_on_a_saved_chat_model(tmp_path, capsys):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hf_paper_models import preset
+    from hf_paper_models.evaluation.steerability import main
+    from hf_paper_models.tokenizers import chat_tokenizer
+
+    tokenizer = chat_tokenizer()
+    config = preset("gpt2-small", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    max_position_embeddings=128, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    report = main(
+        [
+            str(tmp_path / "model"),
+            "--tasks",
+            "5",
+            "--max_new_tokens",
+            "4",
+            "--output",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert (
+        json.loads((tmp_path / "r.json").read_text())["new_phrasings"]["n"]
+        == report["new_phrasings"]["n"]
+        > 0
+    )
+    for name in ("new_phrasings", "demonstration_phrasings"):
+        assert 0.0 <= report[name]["followed_with_system"] <= 1.0
+    assert "answer_prefix" in capsys.readouterr().out

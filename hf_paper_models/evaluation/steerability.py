@@ -199,3 +199,48 @@ def model_responder(
         )  # fmt: skip
 
     return respond
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``python -m hf_paper_models.evaluation.steerability MODEL_DIR [--tasks N] [--output FILE]``: a chat
+    model (``AutoModelForCausalLM`` + its tokenizer's chat template) on held-out instruction questions,
+    under both phrasings of the styles; prints the rates and writes them as JSON."""
+    import argparse
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hf_paper_models  # noqa: F401  (registers the paper models with the Auto classes)
+    from hf_paper_models.data.instructions import make_tasks
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("model", help="A folder with a chat model and its tokenizer.")
+    parser.add_argument("--tasks", type=int, default=100, help="Held-out questions.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_new_tokens", type=int, default=24)
+    parser.add_argument("--output", default=None, help="JSON report (default: print only).")
+    args = parser.parse_args(argv)
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    respond = model_responder(model, AutoTokenizer.from_pretrained(args.model), args.max_new_tokens)
+    tasks = make_tasks(args.tasks, "heldout", seed=args.seed)
+    report = {
+        "model": args.model,
+        "tasks": args.tasks,
+        "new_phrasings": evaluate_steerability(respond, tasks, STYLES),
+        "demonstration_phrasings": evaluate_steerability(respond, tasks, DEMONSTRATION_STYLES),
+    }
+    for name in ("new_phrasings", "demonstration_phrasings"):
+        print(f"{name}: style kept with / without the system message, content correct with / without")
+        for style, r in [("all", report[name]), *report[name]["styles"].items()]:
+            print(
+                f"  {style:17} n={r['n']:4}  {r['followed_with_system']:.3f} / {r['followed_without_system']:.3f}"
+                f"  {r['correct_with_system']:.3f} / {r['correct_without_system']:.3f}"
+            )
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()
