@@ -148,6 +148,7 @@ def run_instructgpt(args: InstructGPTArguments) -> dict[str, Any]:
     base = _pretrain(args, out, tokenizer_dir)
     seconds["pretrain"] = time.perf_counter() - clock
 
+    # TRL's SFTConfig turns bf16 and activation checkpointing on by default: both slow a tiny CPU run down
     common = dict(report_to=[], use_cpu=True, seed=args.seed, dataloader_num_workers=0, save_total_limit=1,
                   logging_steps=10, save_strategy="steps", save_steps=50, disable_tqdm=False)  # fmt: skip
     sft_dir = out / "sft"
@@ -157,7 +158,7 @@ def run_instructgpt(args: InstructGPTArguments) -> dict[str, Any]:
             output_dir=str(out / "checkpoints" / "sft"), num_train_epochs=args.sft_epochs,
             per_device_train_batch_size=args.sft_batch_size, learning_rate=args.sft_learning_rate,
             lr_scheduler_type="cosine", warmup_steps=10, max_length=args.max_position_embeddings,
-            assistant_only_loss=True, **common,
+            assistant_only_loss=True, bf16=False, activation_checkpointing=False, **common,
         )  # fmt: skip
         sft_stage(SFTStageArguments(model_path=str(base), tokenizer_path=str(tokenizer_dir),
                                     num_examples=args.sft_examples, task_seed=args.seed), sft_config, sft_dir)  # fmt: skip
