@@ -51,7 +51,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable f
 
 from benchmarks.timing import (  # noqa: E402
     machine_info,
+    machine_lines,
     peak_rss_delta_bytes,
+    ratio_table,
     row,
     throughput_row,
     time_interleaved,
@@ -415,26 +417,16 @@ def format_value(value: float, unit: str) -> str:
 
 
 def markdown(results: dict) -> str:
-    info = results["machine"]
     lines = [
         f"# PPO-ptx benchmark ({results['run']} run)",
         "",
-        f"- CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs, torch threads {info['torch_threads']}); "
-        f"load average at start {info['load_average_at_start']}, at end {results['load_average_at_end']}",
-        f"- torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}",
+        *machine_lines(results),
         f"- checks: {json.dumps(results['checks'])}",
         *([results["note"]] if results.get("note") else []),
         f"- wall time {results['elapsed_s']:.0f} s",
         "",
-        "| benchmark | unit | ours | theirs | ours/theirs (median) | (best of runs) | better | note |",
-        "|---|---|---:|---:|---:|---:|---|---|",
+        *ratio_table(results["rows"], format_value),
     ]
-    for r in results["rows"]:
-        best = f"{r['ratio_best']:.2f}×" if "ratio_best" in r else ""
-        lines.append(
-            f"| {r['benchmark']} | {r['unit']} | {format_value(r['ours'], r['unit'])} | "
-            f"{format_value(r['theirs'], r['unit'])} | {r['ratio']:.2f}× | {best} | {r['better']} | {r['note']} |"
-        )
     lines += [
         "",
         "Scaling with response length (ours; theirs in brackets):",

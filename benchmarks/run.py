@@ -46,8 +46,10 @@ from benchmarks.attention_ops import attention_inputs, banded_op, dense_op  # no
 from benchmarks.timing import (  # noqa: E402
     Timing,
     machine_info,
+    machine_lines,
     matmul_workload,
     peak_rss_delta_bytes,
+    ratio_table,
     row,
     throughput_row,
     time_interleaved,
@@ -426,13 +428,10 @@ def format_value(value: float, unit: str) -> str:
 
 
 def markdown(results: dict) -> str:
-    info = results["machine"]
     lines = [
         f"# hf_paper_models benchmarks ({results['run']} run)",
         "",
-        f"- CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs, torch threads {info['torch_threads']}); "
-        f"load average at start {info['load_average_at_start']}, at end {results['load_average_at_end']}",
-        f"- torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}",
+        *machine_lines(results),
         f"- fp32 matmul {results['sizes']['matmul_size']}³: {results['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s "
         "(median, timed between the train steps; the MFU denominator)",
         *busy_warning(results),
@@ -440,15 +439,8 @@ def markdown(results: dict) -> str:
         f"- checks: {results['checks']}",
         f"- wall time {results['elapsed_s']:.0f} s",
         "",
-        "| benchmark | unit | ours | theirs | ours/theirs (median) | (best of runs) | better | note |",
-        "|---|---|---:|---:|---:|---:|---|---|",
+        *ratio_table(results["rows"], format_value),
     ]
-    for r in results["rows"]:
-        best = f"{r['ratio_best']:.2f}×" if "ratio_best" in r else ""
-        lines.append(
-            f"| {r['benchmark']} | {r['unit']} | {format_value(r['ours'], r['unit'])} | "
-            f"{format_value(r['theirs'], r['unit'])} | {r['ratio']:.2f}× | {best} | {r['better']} | {r['note']} |"
-        )
     return "\n".join(lines)
 
 

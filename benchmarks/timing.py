@@ -198,3 +198,28 @@ def train_step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Cal
         return loss.item()
 
     return step
+
+
+def machine_lines(results: dict) -> list[str]:
+    """The report lines that say which machine, load and library versions a run had."""
+    info = results["machine"]
+    return [
+        f"- CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs, torch threads {info['torch_threads']}); "
+        f"load average at start {info['load_average_at_start']}, at end {results['load_average_at_end']}",
+        f"- torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}",
+    ]
+
+
+def ratio_table(rows: list[dict], format_value) -> list[str]:
+    """The ours/theirs table every benchmark report prints, one line a row."""
+    lines = [
+        "| benchmark | unit | ours | theirs | ours/theirs (median) | (best of runs) | better | note |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        best = f"{r['ratio_best']:.2f}×" if "ratio_best" in r else ""
+        lines.append(
+            f"| {r['benchmark']} | {r['unit']} | {format_value(r['ours'], r['unit'])} | "
+            f"{format_value(r['theirs'], r['unit'])} | {r['ratio']:.2f}× | {best} | {r['better']} | {r['note']} |"
+        )
+    return lines
