@@ -5,8 +5,12 @@ through the Auto classes. The accuracy a real run reaches is in the model card (
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,3 +107,97 @@ def test_refuses_a_preset_without_images(recipe):
         recipe.ImageTaskArguments(preset="gpt2-small")
     with pytest.raises(ValueError, match="num_train"):
         recipe.ImageTaskArguments(num_train=0)
+
+
+TINY_RUN = [
+    "--config", str(CONFIG), "--max_steps", "2", "--per_device_train_batch_size", "4",
+    "--per_device_eval_batch_size", "4", "--hidden_size", "32", "--num_hidden_layers", "2",
+    "--num_attention_heads", "2", "--warmup_steps", "0", "--logging_steps", "1", "--eval_steps", "0",
+    "--save_steps", "0", "--report_to", "none", "--max_new_tokens", "2",
+    "--model_overrides", json.dumps({k: v for k, v in SMALL.items()
+                                     if k not in ("hidden_size", "num_hidden_layers", "num_attention_heads")}),
+]  # fmt: skip
+
+
+def _local_vqa(folder: Path, n: int = 12) -> Path:
+    """A JSON-lines dataset of ``n`` PNG pictures (relative paths) with questions and answers."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with (folder / "vqa.jsonl").open("w") as f:
+        for i in range(n):
+            colour = ["red", "blue"][i % 2]
+            pixels = np.zeros((20, 24, 3), dtype=np.uint8)  # not the model's 32 x 32: the processor resizes
+            pixels[..., 0 if colour == "red" else 2] = 200 + rng.integers(0, 50)
+            Image.fromarray(pixels).save(folder / f"pic{i}.png")
+            row = {"file": f"pic{i}.png", "q": "What colour is it?", "a": colour, "t": "colour"}
+            f.write(json.dumps(row) + "\n")
+    return folder / "vqa.jsonl"
+
+
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_local_image_dataset_trains(tmp_path, recipe):
+    data = _local_vqa(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = [*TINY_RUN, "--output_dir", str(out), "--dataset", str(data), "--image_column", "file",
+            "--question_column", "q", "--answer_column", "a", "--kind_column", "t",
+            "--validation_split_percentage", "25"]  # fmt: skip
+    try:
+        final = recipe.main(argv)
+    finally:  # accelerate keeps its state in process-wide singletons
+        _reset_accelerate()
+    results = json.loads((out / "results.json").read_text())
+    assert results["step"] == 2 and results["n_held_out"] == 3  # 25% of 12
+    assert set(results["per_question_type"]) == {"colour"}
+    assert {s["answer"] for s in results["samples"]} <= {"red", "blue"}
+    assert (final / "model.safetensors").exists()
+
+    # Missing columns are named.
+    with pytest.raises(ValueError, match=r"\['picture', 'query'\]"):
+        try:
+            recipe.main([*TINY_RUN, "--output_dir", str(tmp_path / "bad"), "--dataset", str(data),
+                         "--image_column", "picture", "--question_column", "query", "--answer_column", "a"])  # fmt: skip
+        finally:
+            _reset_accelerate()
+
+
+def test_to_array_reads_paths_records_and_pil(tmp_path, recipe):
+    from PIL import Image
+
+    pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    for value in ("a.png", str(tmp_path / "a.png"), {"bytes": (tmp_path / "a.png").read_bytes(), "path": None},
+                  Image.open(tmp_path / "a.png").convert("L").convert("RGB")):  # fmt: skip
+        array = recipe._to_array(value, tmp_path)
+        assert array.shape == (4, 5, 3) and array.dtype == np.uint8
+    np.testing.assert_array_equal(recipe._to_array("a.png", tmp_path), pixels)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(tmp_path):
+    """Two DDP processes (gloo on CPU, through ``--multi_gpu`` as in test_training_recipe.py) train on
+    a local dataset for 2 steps; both report their steps and the main process writes results.json."""
+    data = _local_vqa(tmp_path / "data", n=20)
+    out = tmp_path / "ddp"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    argv = [*TINY_RUN, "--output_dir", str(out), "--dataset", str(data), "--image_column", "file",
+            "--question_column", "q", "--answer_column", "a", "--per_device_train_batch_size", "2"]  # fmt: skip
+    result = subprocess.run([*launch, str(SCRIPT), *argv], env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert "2 process(es)" in result.stdout
+    assert "process 0/2: 2 optimizer steps" in result.stdout
+    assert "process 1/2: 2 optimizer steps" in result.stdout
+    assert json.loads((out / "results.json").read_text())["step"] == 2
+    assert (out / "final" / "model.safetensors").exists()

@@ -7,9 +7,16 @@ question are context), then greedy answers on held-out pictures are scored by ex
     python training/train_gpt4_images.py --config training/configs/gpt4_tiny_images.yaml --max_steps 20 \\
         --output_dir runs/try
     accelerate launch --multi_gpu --num_processes 2 training/train_gpt4_images.py --config ...   # DDP
+    python training/train_gpt4_images.py --config training/configs/gpt4_tiny_images.yaml \\
+        --dataset my_vqa.jsonl --image_column file --question_column question --answer_column answer
 
-The data are ``hf_paper_models.data.images`` (train and held-out pictures from separate seeds), each
-example one chat through the processor's template: ``[system?, user: <image> + question, assistant:
+The data are ``hf_paper_models.data.images`` (train and held-out pictures from separate seeds) or, with
+``--dataset``, a real one: a ``datasets`` name, an ``imagefolder`` (``metadata.jsonl`` beside the
+pictures) or a JSON-lines/CSV file whose image column holds paths (relative to the file's folder), PIL
+images or ``{"bytes"|"path"}`` records, beside a question and an answer column (``--image_column``,
+``--question_column``, ``--answer_column``; ``--kind_column`` groups the scores, else one group "all").
+Its ``validation`` split (or ``validation_split_percentage`` of train) is the held-out set; ``num_train``
+and ``num_eval`` cap both. Each example is one chat through the processor's template: ``[system?, user: <image> + question, assistant:
 answer]``. At the end ``output_dir/results.json`` holds the held-out exact-match accuracy beside the
 majority-class baseline (the most common training answer of each question kind), both per question kind
 too, and a few sample answers; ``output_dir/final`` holds the model and the processor (loads with
@@ -21,23 +28,26 @@ latest checkpoint in ``output_dir`` and logs to TensorBoard like the other recip
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+import os
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForImageTextToText, default_data_collator
 
 from hf_paper_models import PRESETS, preset
-from hf_paper_models.data.images import QUESTIONS, ImageTask, majority_baseline, split_tasks
+from hf_paper_models.data.images import QUESTIONS, split_tasks
 from hf_paper_models.models.gpt4 import PaperGPT4Processor
 from hf_paper_models.tokenizers import image_chat_tokenizer
 from hf_paper_models.training_utils import (
     PresetArguments,
     TrainingLoopArguments,
     flat_config,
+    load_text_dataset,
     make_accelerator,
     parse_args,
     save_final,
@@ -59,8 +69,23 @@ class ImageTaskArguments(PresetArguments):
         default=None, metadata={"help": 'Other config fields, as a mapping (YAML) or JSON ({"dropout": 0}).'}
     )
     tokenizer_cache_dir: str | None = field(default=None, metadata={"help": "Reuse the trained tokenizer."})
-    num_train: int = field(default=4000, metadata={"help": "Training pictures with their questions."})
-    num_eval: int = field(default=400, metadata={"help": "Held-out pictures (another seed)."})
+    dataset: str = field(
+        default="embedded",
+        metadata={
+            "help": "'embedded' (the rendered pictures), a datasets name, imagefolder, or a JSON/CSV file."
+        },
+    )
+    dataset_config: str | None = None
+    data_files: list[str] | None = field(default=None, metadata={"help": "Files for a builder dataset."})
+    image_column: str = field(default="image", metadata={"help": "Images: PIL, a path, or {bytes|path}."})
+    question_column: str = "question"
+    answer_column: str = "answer"
+    kind_column: str | None = field(default=None, metadata={"help": "Groups the scores (else one group)."})
+    validation_split_percentage: int = field(
+        default=10, metadata={"help": "Held-out share of train when the dataset has no validation split."}
+    )
+    num_train: int = field(default=4000, metadata={"help": "Training pictures with their questions (a cap)."})
+    num_eval: int = field(default=400, metadata={"help": "Held-out pictures (another seed; a cap)."})
     data_seed: int = 0
     system_message: str | None = field(
         default="Answer with one word.", metadata={"help": "The system turn of every chat; '' for none."}
@@ -78,7 +103,89 @@ class ImageTaskArguments(PresetArguments):
             )
 
 
-def chat(task: ImageTask, system: str | None, answer: bool) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Example:
+    """One picture, question and answer of a real dataset; ``kind`` groups the scores. The embedded
+    ``ImageTask`` has the same fields, so both go through ``encode``/``answer_held_out``/``score``."""
+
+    image: Any  # (H, W, 3) uint8 array
+    kind: str
+    question: str
+    answer: str
+
+
+def _to_array(value: Any, base: Path | None) -> np.ndarray:
+    """An RGB uint8 array from a PIL image, a path (relative to ``base``) or a ``{bytes|path}`` record."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    if isinstance(value, dict):
+        value = BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        if not path.is_absolute() and base is not None and not path.exists():
+            path = base / path
+        value = Image.open(path)
+    elif isinstance(value, BytesIO):
+        value = Image.open(value)
+    if hasattr(value, "convert"):
+        return np.asarray(value.convert("RGB"))
+    return np.asarray(value)
+
+
+def _data_dir(args: ImageTaskArguments) -> Path | None:
+    """Where relative image paths of a local dataset are found: the data file's (or files') folder."""
+    if os.path.isfile(args.dataset):
+        return Path(args.dataset).resolve().parent
+    if os.path.isdir(args.dataset):
+        return Path(args.dataset).resolve()
+    if args.data_files:
+        return Path(args.data_files[0]).resolve().parent
+    return None
+
+
+def load_examples(args: ImageTaskArguments, seed: int) -> tuple[list[Any], list[Any]]:
+    """Train and held-out examples: the embedded tasks, or ``args.dataset`` read through ``datasets``."""
+    if args.dataset in (None, "", "embedded"):
+        return split_tasks(args.num_train, args.num_eval, seed=args.data_seed)
+    raw = load_text_dataset(
+        args.dataset,
+        config_name=args.dataset_config,
+        data_files=args.data_files,
+        validation_split_percentage=args.validation_split_percentage,
+        seed=seed,
+    )
+    columns = [args.image_column, args.question_column, args.answer_column]
+    columns += [args.kind_column] if args.kind_column else []
+    base = _data_dir(args)
+    out = []
+    for split, cap in (("train", args.num_train), ("validation", args.num_eval)):
+        data = raw[split]
+        missing = [c for c in columns if c not in data.column_names]
+        if missing:
+            raise ValueError(
+                f"Dataset {args.dataset!r} ({split} split) has no column(s) {missing} (columns: "
+                f"{data.column_names}); set --image_column/--question_column/--answer_column/--kind_column."
+            )
+        data = data.select(range(min(cap, len(data))))
+        out.append([
+            Example(
+                image=_to_array(row[args.image_column], base),
+                kind=str(row[args.kind_column]) if args.kind_column else "all",
+                question=str(row[args.question_column]).strip(),
+                answer=str(row[args.answer_column]).strip(),
+            )
+            for row in data
+        ])  # fmt: skip
+    if not out[0] or not out[1]:
+        raise ValueError(
+            f"Dataset {args.dataset!r} gives {len(out[0])} train / {len(out[1])} held-out examples."
+        )
+    return out[0], out[1]
+
+
+def chat(task: Any, system: str | None, answer: bool) -> list[dict[str, Any]]:
     """The example as chat messages; the assistant turn (the answer) only when ``answer``."""
     out = [{"role": "system", "content": system}] if system else []
     out.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": task.question}]})
@@ -87,9 +194,7 @@ def chat(task: ImageTask, system: str | None, answer: bool) -> list[dict[str, An
     return out
 
 
-def prompt_inputs(
-    processor: PaperGPT4Processor, task: ImageTask, system: str | None
-) -> dict[str, torch.Tensor]:
+def prompt_inputs(processor: PaperGPT4Processor, task: Any, system: str | None) -> dict[str, torch.Tensor]:
     """``input_ids`` and ``pixel_values`` of the prompt up to the assistant's turn."""
     text = processor.apply_chat_template(
         chat(task, system, False), add_generation_prompt=True, tokenize=False
@@ -98,7 +203,7 @@ def prompt_inputs(
 
 
 def encode(
-    processor: PaperGPT4Processor, tasks: list[ImageTask], system: str | None
+    processor: PaperGPT4Processor, tasks: list[Any], system: str | None
 ) -> list[dict[str, torch.Tensor]]:
     """Training rows padded to one length: labels are the answer tokens and the end-of-turn token (the
     assistant turn of the template's ``{% generation %}`` block); the picture, system and question
@@ -144,25 +249,25 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
 def answer_held_out(
     model: torch.nn.Module,
     processor: PaperGPT4Processor,
-    tasks: list[ImageTask],
+    tasks: list[Any],
     system: str | None,
     max_new_tokens: int,
     batch_size: int,
 ) -> list[str]:
-    """Greedy answers, decoded without special tokens and stripped. One question kind's prompts have the
-    same tokens (the text is fixed per kind), so batches of one kind need no padding."""
+    """Greedy answers, decoded without special tokens and stripped. Prompts are batched by their token
+    count, so no batch needs padding (the embedded tasks' text is fixed per question kind)."""
     model.eval()
     tokenizer = processor.tokenizer
     answers: list[str] = [""] * len(tasks)
-    by_kind: dict[str, list[int]] = defaultdict(list)
-    for i, task in enumerate(tasks):
-        by_kind[task.kind].append(i)
-    for indices in by_kind.values():
+    prompts = [prompt_inputs(processor, task, system) for task in tasks]
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, prompt in enumerate(prompts):
+        by_length[prompt["input_ids"].shape[1]].append(i)
+    for indices in by_length.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
-            inputs = [prompt_inputs(processor, tasks[i], system) for i in chunk]
-            input_ids = torch.cat([x["input_ids"] for x in inputs]).to(model.device)
-            pixel_values = torch.cat([x["pixel_values"] for x in inputs]).to(model.device)
+            input_ids = torch.cat([prompts[i]["input_ids"] for i in chunk]).to(model.device)
+            pixel_values = torch.cat([prompts[i]["pixel_values"] for i in chunk]).to(model.device)
             out = model.generate(
                 input_ids=input_ids,
                 pixel_values=pixel_values,
@@ -177,10 +282,25 @@ def answer_held_out(
     return answers
 
 
-def score(train: list[ImageTask], held_out: list[ImageTask], answers: list[str]) -> dict[str, Any]:
-    """Exact-match accuracy (after stripping whitespace) and the majority baseline, overall and per kind."""
+def majority_baseline(train: list[Any], held_out: list[Any]) -> float:
+    """Accuracy on ``held_out`` of answering each kind with its most common training answer (the most
+    common answer overall for a kind absent from training); ``data.images.majority_baseline`` on the
+    embedded tasks."""
+    overall = Counter(t.answer for t in train).most_common(1)[0][0]
+    majority = {
+        kind: Counter(t.answer for t in train if t.kind == kind).most_common(1)[0][0]
+        for kind in {t.kind for t in train}
+    }
+    return sum(majority.get(t.kind, overall) == t.answer for t in held_out) / len(held_out)
+
+
+def score(train: list[Any], held_out: list[Any], answers: list[str]) -> dict[str, Any]:
+    """Exact-match accuracy (after stripping whitespace) and the majority baseline, overall and per kind
+    (the embedded kinds in ``QUESTIONS`` order, others in order of appearance)."""
     per_kind = {}
-    for kind in QUESTIONS:
+    kinds = [k for k in QUESTIONS if any(t.kind == k for t in held_out)]
+    kinds += list(dict.fromkeys(t.kind for t in held_out if t.kind not in kinds))
+    for kind in kinds:
         idx = [i for i, t in enumerate(held_out) if t.kind == kind]
         if idx:
             per_kind[kind] = {
@@ -212,12 +332,14 @@ def main(argv: list[str] | None = None) -> Path:
         )
     processor = PaperGPT4Processor.for_model(config, tokenizer)
     system = args.system_message or None
-    train, held_out = split_tasks(args.num_train, args.num_eval, seed=args.data_seed)
+    with accelerator.main_process_first():  # a real dataset is prepared (and cached) once
+        train, held_out = load_examples(args, loop_args.seed)
     train_rows, eval_rows = encode(processor, train, system), encode(processor, held_out, system)
     model = AutoModelForImageTextToText.from_config(config)
     accelerator.print(
         f"{args.preset}: {model.num_parameters() / 1e6:.2f}M parameters, {len(train)} train / {len(held_out)} "
-        f"held-out pictures, {len(train_rows[0]['input_ids'])} tokens per example."
+        f"held-out pictures, {len(train_rows[0]['input_ids'])} tokens per example, "
+        f"{accelerator.num_processes} process(es)."
     )
     train_loader = DataLoader(
         train_rows, batch_size=loop_args.per_device_train_batch_size, shuffle=True, drop_last=True,
@@ -230,8 +352,13 @@ def main(argv: list[str] | None = None) -> Path:
         accelerator, model, train_loader, answer_loss, loop_args, eval_loader,
         tracker_config=flat_config(loop_args, args),
     )  # fmt: skip
+    # Every process reports its part (the DDP test checks that each of them trained).
+    print(
+        f"process {accelerator.process_index}/{accelerator.num_processes}: {result.step} optimizer steps",
+        flush=True,
+    )
     final = save_final(accelerator, result.model, processor, loop_args.output_dir)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # generation is per-example, no collective: the main process alone
         unwrapped = accelerator.unwrap_model(result.model)
         answers = answer_held_out(
             unwrapped, processor, held_out, system, args.max_new_tokens, loop_args.per_device_eval_batch_size
@@ -251,6 +378,7 @@ def main(argv: list[str] | None = None) -> Path:
             f"Held-out accuracy {results['accuracy']:.3f} vs majority baseline {results['majority_baseline']:.3f}; "
             + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in results["per_question_type"].items())
         )
+    accelerator.wait_for_everyone()  # the others wait for results.json before the group ends
     accelerator.end_training()
     return final
 
