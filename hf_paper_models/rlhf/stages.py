@@ -19,10 +19,9 @@ runs them all.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 from ..data.instructions import InstructionTask, compare, kwise_dataset, label, prompt_dataset, sft_dataset
 from ..evaluation.perplexity import perplexity
 from ..evaluation.win_rate import generate_responses, win_rate
+from .ppo import logprobs_from_logits
 
 __all__ = [
     "EvaluationArguments",
@@ -43,8 +43,6 @@ __all__ = [
     "sft_stage",
     "write_stage_card",
 ]
-
-CARD = Path(__file__).resolve().parent.parent.parent / "model_cards" / "instructgpt.md"
 
 
 def _require(args: Any, name: str, ok: bool, what: str) -> None:
@@ -134,7 +132,12 @@ def _tasks(column: list[str]) -> list[InstructionTask]:
 def write_stage_card(folder: str | Path, stage: str, details: dict[str, Any] | None = None) -> None:
     """README.md for a stage's folder: the pipeline's card with the stage named and its measured figures."""
     folder = Path(folder)
-    text = CARD.read_text(encoding="utf-8") if CARD.is_file() else "# InstructGPT pipeline\n"
+    from ..cards import model_card
+
+    try:
+        text = model_card("instructgpt")
+    except ValueError:  # an installation without the repository's model_cards/
+        text = "# InstructGPT pipeline\n"
     lines = [f"\n## This folder: the {stage} stage\n"]
     for key, value in (details or {}).items():
         lines.append(f"- `{key}`: {value}")
@@ -367,8 +370,7 @@ def _response_logprob_sum(model: Any, tokenizer: Any, prompts: list, responses: 
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
-    logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+    logp = logprobs_from_logits(model(input_ids=ids, attention_mask=mask).logits[:, :-1], ids[:, 1:])
     positions = torch.arange(1, width)[None]
     keep = (positions >= torch.tensor(starts)[:, None]) & (mask[:, 1:] > 0)
     return (logp * keep).sum(-1)
@@ -414,8 +416,8 @@ def evaluate_stage(
     if base_path is not None:  # the pretrained model before SFT: the paper measures the tax against it
         base = AutoModelForCausalLM.from_pretrained(base_path).eval()
         report["ptx_loss_base"] = math.log(perplexity(base, tokenizer, texts))
-    report["win_rate_ppo_vs_sft"] = win_rate(tasks, sampled["ppo"], sampled["sft"], compare)["win_rate"]
     report["win_rate_detail"] = win_rate(tasks, sampled["ppo"], sampled["sft"], compare)
+    report["win_rate_ppo_vs_sft"] = report["win_rate_detail"]["win_rate"]
     report["win_rate_ppo_vs_sft_greedy"] = win_rate(tasks, greedy["ppo"], greedy["sft"], compare)["win_rate"]
     kl = _response_logprob_sum(policies["ppo"], tokenizer, prompts["prompt"], sampled["ppo"]) - _response_logprob_sum(
         policies["sft"], tokenizer, prompts["prompt"], sampled["ppo"]
@@ -427,12 +429,3 @@ def evaluate_stage(
         for p, s, q in list(zip(prompts["prompt"], sampled["sft"], sampled["ppo"]))[:8]
     ]
     return report
-
-
-def stage_arguments_dict(*objects: Any) -> dict[str, Any]:
-    """The settings of a run, for the report (dataclasses and TrainingArguments alike)."""
-    out: dict[str, Any] = {}
-    for obj in objects:
-        values = obj.to_dict() if hasattr(obj, "to_dict") else asdict(obj)
-        out.update({k: v for k, v in values.items() if isinstance(v, (int, float, str, bool, type(None)))})
-    return json.loads(json.dumps(out, default=str))
