@@ -186,17 +186,14 @@ def evaluate_steerability(
     return report
 
 
-def model_responder(
-    model: Any, tokenizer: Any, max_new_tokens: int = 32, batch_size: int = 32, **generate_kwargs: Any
-) -> Responder:
+def model_responder(model: Any, tokenizer: Any, max_new_tokens: int = 32, batch_size: int = 32) -> Responder:
     """Greedy replies of a chat model through its tokenizer's chat template (``win_rate.generate_responses``)."""
     from .win_rate import generate_responses
 
     def respond(prompts: Sequence[Messages]) -> list[str]:
         return generate_responses(
-            model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, do_sample=False,
-            batch_size=batch_size, **generate_kwargs,
-        )  # fmt: skip
+            model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size
+        )
 
     return respond
 

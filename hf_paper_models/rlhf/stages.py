@@ -156,6 +156,16 @@ def _move_final(tmp: Path, final: Path) -> None:
         tmp.rename(final)
 
 
+def use_cpu_group_under_launcher() -> None:
+    """Under a launcher (``WORLD_SIZE`` > 1) on a machine without an accelerator, tell transformers'
+    Trainer to form a gloo group (``ACCELERATE_USE_CPU``): otherwise every process trains alone as rank 0
+    (``training_utils.make_accelerator`` does the same for our own loops). Call before parsing the config."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 def _check_world(accelerator: Any) -> None:
     """Under a launcher (``WORLD_SIZE`` > 1) every process must have joined one group: otherwise each trains
     alone as rank 0 and they overwrite each other's output (on CPU, pass ``use_cpu=True``)."""

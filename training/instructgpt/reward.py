@@ -8,20 +8,14 @@ then shifted so that SFT samples score 0 on average.
 
 from __future__ import annotations
 
-import os
-
-import torch
 from trl import TrlParser
 
 from hf_paper_models.rlhf.reward import KWiseRewardConfig
-from hf_paper_models.rlhf.stages import RewardStageArguments, reward_stage
+from hf_paper_models.rlhf.stages import RewardStageArguments, reward_stage, use_cpu_group_under_launcher
 
 
 def main(argv: list[str] | None = None):
-    # DDP on a machine without an accelerator: TrainingArguments forms a gloo group only when told it runs
-    # on CPU; otherwise every process trains alone as rank 0 (training_utils.make_accelerator does the same).
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
-        os.environ["ACCELERATE_USE_CPU"] = "true"
+    use_cpu_group_under_launcher()  # DDP on CPU: one gloo group, not N lone rank-0 runs
     stage, config, remaining = TrlParser((RewardStageArguments, KWiseRewardConfig)).parse_args_and_config(
         argv, return_remaining_strings=True
     )

@@ -10,19 +10,13 @@ embedded ones. Checkpoints in ``--output_dir``; a rerun resumes from the last on
 
 from __future__ import annotations
 
-import os
-
-import torch
 from trl import SFTConfig, TrlParser
 
-from hf_paper_models.rlhf.stages import SFTStageArguments, sft_stage
+from hf_paper_models.rlhf.stages import SFTStageArguments, sft_stage, use_cpu_group_under_launcher
 
 
 def main(argv: list[str] | None = None):
-    # DDP on a machine without an accelerator: TrainingArguments forms a gloo group only when told it runs
-    # on CPU; otherwise every process trains alone as rank 0 (training_utils.make_accelerator does the same).
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
-        os.environ["ACCELERATE_USE_CPU"] = "true"
+    use_cpu_group_under_launcher()  # DDP on CPU: one gloo group, not N lone rank-0 runs
     stage, config, remaining = TrlParser((SFTStageArguments, SFTConfig)).parse_args_and_config(
         argv, return_remaining_strings=True
     )

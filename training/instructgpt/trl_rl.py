@@ -11,18 +11,16 @@ Neither has a value model, a ptx term or a per-token KL in the reward: those are
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass, field
 
-import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer, TrlParser
 
 import hf_paper_models  # noqa: F401  (registers our model types with the Auto classes)
 from hf_paper_models.data.instructions import prompt_dataset
-from hf_paper_models.rlhf.stages import write_stage_card
+from hf_paper_models.rlhf.stages import use_cpu_group_under_launcher, write_stage_card
 
 
 @dataclass
@@ -67,10 +65,7 @@ def _trainer_name(args: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None):
-    # DDP on a machine without an accelerator: TrainingArguments forms a gloo group only when told it runs
-    # on CPU; otherwise every process trains alone as rank 0 (training_utils.make_accelerator does the same).
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
-        os.environ["ACCELERATE_USE_CPU"] = "true"
+    use_cpu_group_under_launcher()  # DDP on CPU: one gloo group, not N lone rank-0 runs
     args = list(sys.argv[1:] if argv is None else argv)
     config_class = GRPOConfig if _trainer_name(args) == "grpo" else RLOOConfig
     rl, config, remaining = TrlParser((RLArguments, config_class)).parse_args_and_config(
