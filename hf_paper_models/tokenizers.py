@@ -413,15 +413,17 @@ CHAT_SPECIAL_TOKENS = {
     "pad": "<|pad|>",
 }
 
-# <|system|>\n...<|end|>\n<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>\n. The assistant content
+# <|system|>\n...<|end|>\n<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>. The assistant content
 # and its <|end|> sit inside {% generation %} so return_assistant_tokens_mask (TRL's
-# assistant_only_loss) trains exactly the reply and the token that stops it.
+# assistant_only_loss) trains exactly the reply and the token that stops it. Nothing follows an
+# assistant's <|end|>: a rendered conversation then ends exactly where generation from
+# add_generation_prompt stops, so a reward model reads its score at the same token whether the
+# reply was rendered (RewardTrainer, TRL's RLOO/GRPO) or sampled (our PPO).
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{ '<|assistant|>\\n' }}"
     "{%- generation -%}{{ message['content'] + eos_token }}{%- endgeneration -%}"
-    "{{ '\\n' }}"
     "{%- elif message['role'] == 'system' or message['role'] == 'user' -%}"
     "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
     "{%- else -%}"

@@ -261,9 +261,9 @@ def test_chat_template_renders_the_expected_string(tok):
     assert tok.apply_chat_template(CONVERSATION, tokenize=False) == (
         "<|system|>\nBe brief.<|end|>\n"
         "<|user|>\nWhat is 2 plus 3?<|end|>\n"
-        "<|assistant|>\n5<|end|>\n"
+        "<|assistant|>\n5<|end|>"
         "<|user|>\nAnd 2 plus 4?<|end|>\n"
-        "<|assistant|>\nSure! It is 6.<|end|>\n"
+        "<|assistant|>\nSure! It is 6.<|end|>"
     )
     prompt = tok.apply_chat_template(CONVERSATION[:2], tokenize=False, add_generation_prompt=True)
     assert prompt == "<|system|>\nBe brief.<|end|>\n<|user|>\nWhat is 2 plus 3?<|end|>\n<|assistant|>\n"
@@ -279,9 +279,8 @@ def test_assistant_mask_covers_the_replies_and_their_end_token(tok):
     pieces = [
         ("<|system|>\nBe brief.<|end|>\n<|user|>\nWhat is 2 plus 3?<|end|>\n<|assistant|>\n", 0),
         ("5<|end|>", 1),
-        ("\n<|user|>\nAnd 2 plus 4?<|end|>\n<|assistant|>\n", 0),
+        ("<|user|>\nAnd 2 plus 4?<|end|>\n<|assistant|>\n", 0),
         ("Sure! It is 6.<|end|>", 1),
-        ("\n", 0),
     ]
     assert ids == [i for text, _ in pieces for i in enc(text)]
     assert mask == [m for text, m in pieces for _ in enc(text)]

@@ -27,6 +27,7 @@ from hf_paper_models.rlhf import (
     kwise_loss,
     normalize_reward_bias,
     score_responses,
+    tokenize_response,
 )
 from hf_paper_models.tokenizers import get_tokenizer
 
@@ -307,3 +308,36 @@ def test_default_head_has_transformers_parameter_count(tokenizer):
     with_bias = PaperGPT2ForSequenceClassification(tiny_config(tokenizer, score_bias=True))
     assert sum(p.numel() for p in with_bias.parameters()) == count + 1
     assert torch.equal(with_bias.score.bias, torch.zeros(1))
+
+
+def test_the_reward_model_reads_rendered_and_sampled_replies_at_the_same_token():
+    """The reward model is trained on rendered conversations (``tokenize_response``) and scores PPO's
+    samples as prompt-with-generation-prompt + sampled ids + EOS (``ppo.score_sequences``): with the
+    chat tokenizer both are the same ids, built here by hand, and give the same score."""
+    from hf_paper_models.rlhf.ppo import score_sequences
+    from hf_paper_models.tokenizers import chat_tokenizer
+
+    tok = chat_tokenizer()
+    prompts = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 3?"}],
+               [{"role": "user", "content": "Reverse the word cat."}]]  # fmt: skip
+    responses = ["5", "Sure! It is tac."]
+    rows = []
+    for prompt, response in zip(prompts, responses):
+        head = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+        by_hand = list(head["input_ids"]) + tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert tokenize_response(tok, prompt, response) == by_hand
+        rows.append(by_hand)
+    torch.manual_seed(0)
+    model = PaperGPT2ForSequenceClassification(preset(
+        "gpt2-small", vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, num_labels=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )).eval()  # fmt: skip
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):  # left padding, as PPO's rollouts are
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
+    with torch.no_grad():
+        sampled = score_sequences(model, ids, mask)
+    torch.testing.assert_close(sampled, score_responses(model, tok, prompts, responses), atol=1e-5, rtol=1e-5)

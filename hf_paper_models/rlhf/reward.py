@@ -71,6 +71,7 @@ def kwise_loss(
     elif mask.shape != rewards.shape:
         raise ValueError(f"`mask` must be {tuple(rewards.shape)}, got {tuple(mask.shape)}.")
     mask = mask.bool()
+    rewards = rewards.masked_fill(~mask, 0.0)  # padded slots (even non-finite ones) reach neither loss nor grad
     scores = scores.to(rewards.device)
     # pairs[b, w, l]: response w is ranked above response l for prompt b, both real.
     pairs = (scores.unsqueeze(2) > scores.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)
@@ -82,7 +83,6 @@ def kwise_loss(
         zero = rewards.sum() * 0.0
         return zero, zero.detach()
     denominator = per_prompt_pairs.clamp(min=1).to(rewards.dtype)
-    # torch.where (not a product) so that padded rewards — even non-finite ones — never reach the loss.
     per_prompt_loss = torch.where(pairs, pair_loss, 0.0).sum(dim=(1, 2)) / denominator
     loss = per_prompt_loss[has_pairs].mean()
     with torch.no_grad():
