@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForImageTextToText, default_data_collator
 
-from hf_paper_models import PRESETS, preset
-from hf_paper_models.data.images import QUESTIONS, split_tasks
+from hf_paper_models import preset
+from hf_paper_models.data.images import QUESTIONS, majority_baseline, split_tasks
 from hf_paper_models.models.gpt4 import PaperGPT4Processor
 from hf_paper_models.tokenizers import image_chat_tokenizer
 from hf_paper_models.training_utils import (
@@ -94,9 +94,7 @@ class ImageTaskArguments(PresetArguments):
     num_samples: int = field(default=8, metadata={"help": "Held-out answers written to results.json."})
 
     def __post_init__(self) -> None:
-        self.check_preset(AutoModelForImageTextToText, "has no image-text-to-text head")
-        if PRESETS[self.preset] != "paper-gpt4":
-            raise ValueError(f"`preset`={self.preset!r} is not a paper-gpt4 preset.")
+        self.check_preset(AutoModelForImageTextToText, "has no image-text-to-text head")  # paper-gpt4 only
         if self.num_train < 1 or self.num_eval < 1:
             raise ValueError(
                 f"num_train and num_eval must be >= 1, got {self.num_train} and {self.num_eval}."
@@ -280,18 +278,6 @@ def answer_held_out(
             for i, row in zip(chunk, out[:, input_ids.shape[1] :]):
                 answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
     return answers
-
-
-def majority_baseline(train: list[Any], held_out: list[Any]) -> float:
-    """Accuracy on ``held_out`` of answering each kind with its most common training answer (the most
-    common answer overall for a kind absent from training); ``data.images.majority_baseline`` on the
-    embedded tasks."""
-    overall = Counter(t.answer for t in train).most_common(1)[0][0]
-    majority = {
-        kind: Counter(t.answer for t in train if t.kind == kind).most_common(1)[0][0]
-        for kind in {t.kind for t in train}
-    }
-    return sum(majority.get(t.kind, overall) == t.answer for t in held_out) / len(held_out)
 
 
 def score(train: list[Any], held_out: list[Any], answers: list[str]) -> dict[str, Any]:
