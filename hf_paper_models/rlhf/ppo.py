@@ -45,7 +45,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, SchedulerType, get_scheduler
 
-from ..training_utils import group_texts, resume_state, save_checkpoint
+from ..training_utils import _require, flat_config, group_texts, resume_state, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -209,11 +209,6 @@ class PPOConfig:
             isinstance(self.resume_from_checkpoint, str) and self.resume_from_checkpoint != "",
             "'auto', 'no' or a checkpoint path",
         )
-
-
-def _require(config: Any, name: str, ok: bool, what: str) -> None:
-    if not ok:
-        raise ValueError(f"{type(config).__name__}: `{name}` must be {what}, got {getattr(config, name)!r}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -978,7 +973,7 @@ class PPOTrainer:
                 f"The checkpoint is at rollout {self.rollout}, past num_rollouts={self.num_rollouts}."
             )
         if config.report_to != "none":
-            accelerator.init_trackers(config.run_name, config=_flat(asdict(config)))
+            accelerator.init_trackers(config.run_name, config=flat_config(config))
         progress = tqdm(
             total=self.num_rollouts, initial=self.rollout, desc="ppo", dynamic_ncols=True,
             disable=not accelerator.is_local_main_process,
@@ -1084,7 +1079,3 @@ class PPOTrainer:
             self.processing_class.save_pretrained(target)
         accelerator.wait_for_everyone()
         return target
-
-
-def _flat(values: dict[str, Any]) -> dict[str, int | float | str | bool]:
-    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in values.items()}
