@@ -42,6 +42,8 @@ from tokenizers import (
 )
 from transformers import PreTrainedTokenizerFast
 
+from .models.common import CHAT_TEMPLATE
+
 __all__ = [
     "CHAT_SPECIAL_TOKENS",
     "CHAT_TEMPLATE",
@@ -413,25 +415,8 @@ CHAT_SPECIAL_TOKENS = {
     "pad": "<|pad|>",
 }
 
-# <|system|>\n...<|end|>\n<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>. The assistant content
-# and its <|end|> sit inside {% generation %} so return_assistant_tokens_mask (TRL's
-# assistant_only_loss) trains exactly the reply and the token that stops it. Nothing follows an
-# assistant's <|end|>: a rendered conversation then ends exactly where generation from
-# add_generation_prompt stops, so a reward model reads its score at the same token whether the
-# reply was rendered (RewardTrainer, TRL's RLOO/GRPO) or sampled (our PPO).
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|assistant|>\\n' }}"
-    "{%- generation -%}{{ message['content'] + eos_token }}{%- endgeneration -%}"
-    "{%- elif message['role'] == 'system' or message['role'] == 'user' -%}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
-    "{%- else -%}"
-    "{{ raise_exception('unknown role: ' + message['role']) }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
-)
+# The chat template (roles, {% generation %} marks, image content items) is shared with the GPT-4
+# processor, so it lives with the models (``models/common.py``) and travels with an exported model.
 
 
 def chat_tokenizer(

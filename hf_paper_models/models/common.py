@@ -310,3 +310,32 @@ class PaperDecoderConfig(PreTrainedConfig):
         check_positive_float(self, "initializer_range")
         check_activation(self, "activation_function")
         check_special_token_ids(self)
+
+
+# <|system|>\n...<|end|>\n<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>. The assistant content
+# and its <|end|> sit inside {% generation %} so return_assistant_tokens_mask (TRL's
+# assistant_only_loss) trains exactly the reply and the token that stops it. Nothing follows an
+# assistant's <|end|>: a rendered conversation then ends exactly where generation from
+# add_generation_prompt stops, so a reward model reads its score at the same token whether the
+# reply was rendered (RewardTrainer, TRL's RLOO/GRPO) or sampled (our PPO). A message's content is a
+# string or a list of content items (transformers' multimodal form): {"type": "text", "text": ...}
+# writes its text, {"type": "image"} writes "<image>" (the GPT-4 processor expands it to patches).
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- set ns = namespace(text='') -%}"
+    "{%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{%- set ns.text = ns.text + '<image>' -%}"
+    "{%- elif item['type'] == 'text' -%}{%- set ns.text = ns.text + item['text'] -%}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|assistant|>\\n' }}"
+    "{%- generation -%}{{ ns.text + eos_token }}{%- endgeneration -%}"
+    "{%- elif message['role'] == 'system' or message['role'] == 'user' -%}"
+    "{{ '<|' + message['role'] + '|>\\n' + ns.text + eos_token + '\\n' }}"
+    "{%- else -%}"
+    "{{ raise_exception('unknown role: ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
+)

@@ -29,7 +29,7 @@ from transformers.image_utils import ChannelDimension, infer_channel_dimension_f
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .common import check_input_ids, check_int, register_for_auto_classes
+from .common import CHAT_TEMPLATE, check_input_ids, check_int, register_for_auto_classes
 from .gpt2 import PaperGPT2LMHeadModel
 from .gpt3 import PaperGPT3Config, PaperGPT3LMHeadModel, PaperGPT3Model, PaperGPT3PreTrainedModel
 
@@ -428,30 +428,6 @@ def _flat_images(images) -> list:
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         return list(images)
     return [images]
-
-
-# <|system|>/<|user|>/<|assistant|> turns ended by eos, as the project's chat tokenizer, plus image
-# content items: {"type": "image"} writes one <image>, which the processor expands to the patches.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- set ns = namespace(text='') -%}"
-    "{%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{%- set ns.text = ns.text + '<image>' -%}"
-    "{%- elif item['type'] == 'text' -%}{%- set ns.text = ns.text + item['text'] -%}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|assistant|>\\n' }}"
-    "{%- generation -%}{{ ns.text + eos_token }}{%- endgeneration -%}"
-    "{{ '\\n' }}"
-    "{%- elif message['role'] == 'system' or message['role'] == 'user' -%}"
-    "{{ '<|' + message['role'] + '|>\\n' + ns.text + eos_token + '\\n' }}"
-    "{%- else -%}"
-    "{{ raise_exception('unknown role: ' + message['role']) }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
-)
 
 
 class PaperGPT4Processor(ProcessorMixin):
