@@ -196,17 +196,26 @@ class ScalingSettings:
     target_steps: int = 3000
     head_dim: int = 16  # every run's heads are this wide: num_attention_heads = hidden / head_dim
     # the ladder
-    rungs: int = 5
+    rungs: int = 9
     min_fraction: float = 1e-3  # of the target's compute
     max_fraction: float = 1 / 30
     size_exponent: float = 0.5  # N_rung = N_target · fraction^size_exponent (Hoffmann et al. 2022)
-    min_layers: int = 1
+    min_layers: int = 2  # one-layer models fall off the trend of deeper ones (Kaplan et al. 2020, §3.1)
     min_steps: int = 20
+    # every run, the target included, takes this many optimiser steps, its batch grown with its tokens
+    # (batch = tokens / (equal_steps · block_size), rounded; GPT-3 too grew the batch with the model). At
+    # this scale a run's loss depends on its number of updates as well as its tokens: with one batch for
+    # all, the target's 3,000 steps against the smallest rung's 93 put an optimisation gap between
+    # them that no law in C describes. 0: one batch (``batch_size``) for every run, steps ∝ tokens.
+    equal_steps: int = 750
+    # each rung trained from this many seeds (initialisation and data order: seed, seed + 1, ...); the fit
+    # takes every replicate, so its least squares runs through their mean at each compute
+    rung_seeds: int = 2
     # the recipe, the same for every run
     block_size: int = 64
     sliding_window: int = 32  # GPT-3's banded layers (§2.1)
     batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 4e-3  # the best of 2e-3 .. 3.2e-2 for most rungs of a sweep
     min_lr_rate: float = 0.1  # cosine down to this share of the peak, at the end of each run
     warmup_fraction: float = 0.05
     min_warmup_steps: int = 5
@@ -223,7 +232,7 @@ class ScalingSettings:
 
     def __post_init__(self) -> None:
         for name in ("target_hidden", "target_layers", "target_steps", "head_dim", "rungs", "block_size",
-                     "batch_size", "eval_blocks", "min_steps", "min_layers"):  # fmt: skip
+                     "batch_size", "eval_blocks", "min_steps", "min_layers", "rung_seeds"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"ScalingSettings: `{name}` must be >= 1, got {getattr(self, name)!r}.")
         if self.target_hidden % self.head_dim:
@@ -236,6 +245,8 @@ class ScalingSettings:
                 f"ScalingSettings: need 0 < min_fraction < max_fraction < 1, got {self.min_fraction} "
                 f"and {self.max_fraction}."
             )
+        if self.equal_steps < 0:
+            raise ValueError(f"ScalingSettings: `equal_steps` must be >= 0, got {self.equal_steps}.")
         if self.rungs < 3:
             raise ValueError(f"ScalingSettings: `rungs` must be >= 3 (three parameters), got {self.rungs}.")
 
@@ -249,7 +260,7 @@ class ScalingSettings:
 QUICK = dict(
     target_hidden=32, target_layers=2, target_steps=60, head_dim=8, rungs=3, min_fraction=1e-2, max_fraction=0.2,
     min_steps=5, block_size=32, sliding_window=16, batch_size=8, vocab_size=512, max_documents=300,
-    eval_blocks=16, min_warmup_steps=2,
+    eval_blocks=16, min_warmup_steps=2, min_layers=1, equal_steps=0, rung_seeds=1,
 )  # fmt: skip
 
 
@@ -269,10 +280,15 @@ class ScalingRun:
     final_loss: float | None = None  # on the fixed validation set, after the last step
     train_loss: float | None = None
     train_seconds: float | None = None
+    batch_size: int = 16  # sequences per step
+    learning_rate: float = 2e-3  # peak
+    seed: int = 0  # initialisation and data order
+
 
     def spec(self) -> dict[str, Any]:
         """What defines the run (not its results)."""
-        keys = ("name", "hidden_size", "num_hidden_layers", "num_attention_heads", "steps", "tokens")
+        keys = ("name", "hidden_size", "num_hidden_layers", "num_attention_heads", "steps", "tokens",
+                "batch_size", "learning_rate", "seed")  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
 
@@ -315,12 +331,22 @@ def _parameters(settings: ScalingSettings, hidden: int, layers: int) -> int:
 def target_run(settings: ScalingSettings) -> ScalingRun:
     """The run whose loss the ladder predicts."""
     n = _parameters(settings, settings.target_hidden, settings.target_layers)
-    tokens = settings.target_steps * settings.tokens_per_step
+    steps, batch = _steps_and_batch(settings, settings.target_steps * settings.tokens_per_step, 1)
+    tokens = steps * batch * settings.block_size
     return ScalingRun(
         name="target", hidden_size=settings.target_hidden, num_hidden_layers=settings.target_layers,
-        num_attention_heads=settings.target_hidden // settings.head_dim, steps=settings.target_steps,
-        tokens=tokens, non_embedding_parameters=n, compute=6.0 * n * tokens,
+        num_attention_heads=settings.target_hidden // settings.head_dim, steps=steps, tokens=tokens,
+        non_embedding_parameters=n, compute=6.0 * n * tokens, batch_size=batch,
+        learning_rate=settings.learning_rate, seed=settings.seed,
     )  # fmt: skip
+
+
+def _steps_and_batch(settings: ScalingSettings, tokens: float, min_steps: int) -> tuple[int, int]:
+    """Steps and sequences per step of a run of about ``tokens`` training tokens (see ``equal_steps``)."""
+    batch = settings.batch_size
+    if settings.equal_steps:
+        batch = max(1, round(tokens / (settings.equal_steps * settings.block_size)))
+    return max(min_steps, round(tokens / (batch * settings.block_size))), batch
 
 
 def plan_ladder(settings: ScalingSettings) -> list[ScalingRun]:
@@ -345,13 +371,11 @@ def plan_ladder(settings: ScalingSettings) -> list[ScalingRun]:
             shapes,
             key=lambda s: (round(abs(math.log(s[2]) - wanted), 6), abs(math.log(s[0] / s[1]) - aspect)),
         )
-        steps = max(
-            settings.min_steps, round(fraction * target.compute / (6.0 * n * settings.tokens_per_step))
-        )
-        tokens = steps * settings.tokens_per_step
-        runs.append(
+        steps, batch = _steps_and_batch(settings, fraction * target.compute / (6.0 * n), settings.min_steps)
+        tokens = steps * batch * settings.block_size
+        runs.extend(
             ScalingRun(
-                name=f"rung{i}",
+                name=f"rung{i}" if replicate == 0 else f"rung{i}-seed{settings.seed + replicate}",
                 hidden_size=hidden,
                 num_hidden_layers=layers,
                 num_attention_heads=hidden // settings.head_dim,
@@ -360,7 +384,11 @@ def plan_ladder(settings: ScalingSettings) -> list[ScalingRun]:
                 non_embedding_parameters=n,
                 compute=6.0 * n * tokens,
                 fraction=6.0 * n * tokens / target.compute,
+                batch_size=batch,
+                learning_rate=settings.learning_rate,
+                seed=settings.seed + replicate,
             )  # fmt: skip
+            for replicate in range(settings.rung_seeds)
         )
     return runs
 
@@ -418,8 +446,8 @@ def train_run(
     folder = Path(output_dir)
     shutil.rmtree(folder, ignore_errors=True)  # a run always starts afresh
     args = TrainingLoopArguments(
-        output_dir=str(folder), seed=settings.seed, per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.eval_batch_size, learning_rate=settings.learning_rate,
+        output_dir=str(folder), seed=run.seed, per_device_train_batch_size=run.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size, learning_rate=run.learning_rate,
         weight_decay=settings.weight_decay, lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": settings.min_lr_rate},
         warmup_steps=max(settings.min_warmup_steps, round(settings.warmup_fraction * run.steps)),
@@ -432,7 +460,7 @@ def train_run(
     )
     train_loader = DataLoader(
         data.train,
-        batch_size=settings.batch_size,
+        batch_size=run.batch_size,
         shuffle=True,
         drop_last=True,
         collate_fn=default_data_collator,
@@ -465,7 +493,8 @@ def run_ladder(
                 print(f"[scaling] {run.name}: reused {record} (loss {saved['run']['final_loss']:.4f})")
                 continue
         print(f"[scaling] {run.name}: d={run.hidden_size} L={run.num_hidden_layers} N={run.non_embedding_parameters:,} "
-              f"steps={run.steps} C={run.compute:.3g} ({run.fraction:.2%} of the target)")  # fmt: skip
+              f"steps={run.steps} batch={run.batch_size} lr={run.learning_rate:.3g} C={run.compute:.3g} "
+              f"({run.fraction:.2%} of the target)")  # fmt: skip
         trained = train_run(run, settings, data, out / run.name)
         record.write_text(
             json.dumps({"spec": run.spec(), "settings": settings_record, "run": asdict(trained)}, indent=2)
@@ -477,6 +506,7 @@ def run_ladder(
 def _recipe_record(settings: ScalingSettings) -> dict[str, Any]:
     """The settings that change a run's outcome (not the ladder's layout)."""
     skip = {"rungs", "min_fraction", "max_fraction", "size_exponent", "min_layers", "min_steps",
+            "equal_steps", "batch_size", "learning_rate", "rung_seeds",
             "target_hidden", "target_layers", "target_steps", "notes", "tokenizer_cache_dir"}  # fmt: skip
     return {k: v for k, v in asdict(settings).items() if k not in skip}
 

@@ -88,17 +88,28 @@ def test_model_flops_is_6ND_with_non_embedding_parameters_counted_by_hand():
 def test_ladder_spans_the_requested_compute_range():
     settings = ScalingSettings()
     target = target_run(settings)
-    ladder = plan_ladder(settings)
-    assert len(ladder) == settings.rungs
+    runs = plan_ladder(settings)
+    assert len(runs) == settings.rungs * settings.rung_seeds
+    # replicates: the same run from seeds seed, seed + 1, ...
+    by_rung = [runs[i : i + settings.rung_seeds] for i in range(0, len(runs), settings.rung_seeds)]
+    for replicates in by_rung:
+        assert [r.seed for r in replicates] == [settings.seed + k for k in range(settings.rung_seeds)]
+        assert len({(r.hidden_size, r.num_hidden_layers, r.steps, r.batch_size) for r in replicates}) == 1
+    ladder = [replicates[0] for replicates in by_rung]
     fractions = [r.compute / target.compute for r in ladder]
     assert fractions == sorted(fractions)
     assert fractions[0] == pytest.approx(1e-3, rel=0.1) and fractions[-1] == pytest.approx(1 / 30, rel=0.1)
     ratios = np.diff(np.log(fractions))
-    assert np.allclose(ratios, ratios.mean(), rtol=0.25)  # spaced geometrically
+    assert np.allclose(ratios, ratios.mean(), rtol=0.5)  # spaced geometrically (shapes are discrete)
+    # every run, the target too, takes about equal_steps steps: the batch grows with the tokens
+    assert target.steps == settings.equal_steps and target.batch_size == 64  # 3,072,000 / (750 * 64)
+    assert target.tokens == settings.target_steps * settings.batch_size * settings.block_size
     for r in ladder:
         assert r.compute == pytest.approx(6 * r.non_embedding_parameters * r.tokens)
         assert r.fraction == pytest.approx(r.compute / target.compute)
-        assert r.tokens == r.steps * settings.batch_size * settings.block_size
+        assert r.tokens == r.steps * r.batch_size * settings.block_size
+        assert abs(r.steps - settings.equal_steps) <= 0.2 * settings.equal_steps
+        assert r.num_hidden_layers >= settings.min_layers
         assert (
             r.hidden_size % settings.head_dim == 0
             and r.num_attention_heads * settings.head_dim == r.hidden_size
@@ -107,8 +118,14 @@ def test_ladder_spans_the_requested_compute_range():
     # both size and tokens grow along the ladder (N ∝ C^0.5 here)
     assert ladder[-1].non_embedding_parameters > 5 * ladder[0].non_embedding_parameters
     assert ladder[-1].tokens > ladder[0].tokens
+    # one batch for all: steps in proportion to tokens
+    fixed = ScalingSettings(equal_steps=0)
+    assert target_run(fixed).steps == fixed.target_steps
+    assert all(r.batch_size == fixed.batch_size for r in plan_ladder(fixed))
     with pytest.raises(ValueError, match="min_fraction"):
         ScalingSettings(min_fraction=0.1, max_fraction=0.01)
+    with pytest.raises(ValueError, match="equal_steps"):
+        ScalingSettings(equal_steps=-1)
 
 
 def test_prediction_is_written_before_the_target_trains(tmp_path):
