@@ -14,13 +14,15 @@ compute than GPT-4", and predicts the big run's final loss before it is trained.
 - ``plan_ladder``: the small runs, spread geometrically over ``[min_fraction, max_fraction]`` of the
   target's compute; each rung's size is ``N_target · fraction^size_exponent`` (by default 0.5: parameters and
   tokens grow together, Hoffmann et al. 2022; Kaplan et al. 2020's 0.73 shrinks the small runs to the
-  smallest shape at this scale, where their losses bend off the power law), the nearest shape of the same head width, and its steps make
-  up the rest of the compute.
+  smallest shape at this scale, where their losses bend off the power law), the nearest shape of the
+  same head width and at least ``min_layers`` layers, its tokens make up the rest of the compute, and
+  each rung is trained from ``rung_seeds`` seeds.
 - ``run_ladder`` / ``predict_then_train`` / ``run_scaling``: every run is the causal-LM recipe
   (``training/pretrain_lm.py``'s data, tokenizer and loss, ``training_utils.train_loop``) with the same
-  tokenizer, data order, batch, learning rate and schedule family (warm-up, then cosine to the end of
-  *that* run); its final loss is measured on one fixed validation set. The prediction is written to
-  ``prediction.json`` before the target starts training.
+  tokenizer, peak learning rate, number of optimiser steps (``equal_steps``: the batch grows with a
+  run's tokens) and schedule (warm-up, then cosine to the end of the run); its final loss is measured
+  on one fixed validation set. The prediction is written to ``prediction.json`` before the target
+  starts training.
 """
 
 from __future__ import annotations
