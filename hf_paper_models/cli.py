@@ -119,7 +119,8 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     from .scaling import QUICK, ScalingSettings, run_scaling
 
     sizes = {"target_hidden": args.target_hidden, "target_layers": args.target_layers,
-             "target_steps": args.target_steps, "rungs": args.rungs, "seed": args.seed}  # fmt: skip
+             "target_steps": args.target_steps, "rungs": args.rungs, "rung_seeds": args.rung_seeds,
+             "equal_steps": args.equal_steps, "seed": args.seed}  # fmt: skip
     base = dict(QUICK) if args.quick else {}
     settings = ScalingSettings(**{**base, **{k: v for k, v in sizes.items() if v is not None}})
     result = run_scaling(settings, args.output_dir)
@@ -225,8 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--output-dir", default="runs/scaling")
     scaling.add_argument("--target-hidden", type=int, default=None, help="the target's width (default 128)")
     scaling.add_argument("--target-layers", type=int, default=None, help="the target's depth (default 4)")
-    scaling.add_argument("--target-steps", type=int, default=None, help="the target's training steps (default 3000)")
-    scaling.add_argument("--rungs", type=int, default=None, help="small runs in the ladder (default 5)")
+    scaling.add_argument("--target-steps", type=int, default=None,
+                         help="the target's tokens, in steps of 16 x 64 tokens (default 3000: 3.07M tokens)")
+    scaling.add_argument("--rungs", type=int, default=None, help="compute points of the ladder (default 9)")
+    scaling.add_argument("--rung-seeds", type=int, default=None, help="seeds per compute point (default 2)")
+    scaling.add_argument("--equal-steps", type=int, default=None,
+                         help="optimiser steps of every run, batch grown with its tokens (default 750; 0: one batch)")
     scaling.add_argument("--seed", type=int, default=None)
     scaling.add_argument("--quick", action="store_true", help="a study of seconds that checks the pipeline")
     scaling.set_defaults(func=cmd_scaling)

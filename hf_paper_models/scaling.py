@@ -195,7 +195,7 @@ class ScalingSettings:
     preset: str = "gpt3-small"
     target_hidden: int = 128
     target_layers: int = 4
-    target_steps: int = 3000
+    target_steps: int = 3000  # the target's tokens: target_steps × batch_size × block_size (3.07M)
     head_dim: int = 16  # every run's heads are this wide: num_attention_heads = hidden / head_dim
     # the ladder
     rungs: int = 9
@@ -216,7 +216,7 @@ class ScalingSettings:
     # the recipe, the same for every run
     block_size: int = 64
     sliding_window: int = 32  # GPT-3's banded layers (§2.1)
-    batch_size: int = 16
+    batch_size: int = 16  # every run's batch when equal_steps is 0; the unit of target_steps
     learning_rate: float = 4e-3  # the best of 2e-3 .. 3.2e-2 for most rungs of a sweep
     min_lr_rate: float = 0.1  # cosine down to this share of the peak, at the end of each run
     warmup_fraction: float = 0.05
@@ -285,7 +285,6 @@ class ScalingRun:
     batch_size: int = 16  # sequences per step
     learning_rate: float = 2e-3  # peak
     seed: int = 0  # initialisation and data order
-
 
     def spec(self) -> dict[str, Any]:
         """What defines the run (not its results)."""

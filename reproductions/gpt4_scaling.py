@@ -10,12 +10,14 @@ use of any partial results. The fitted scaling law predicted GPT-4's final loss 
 The set-up here (``hf_paper_models.scaling``):
 
 * **Runs.** GPT-3-style decoders (``paper-gpt3``: alternating dense and banded attention) trained with
-  the causal-LM recipe's data, tokenizer and loss through ``training_utils.train_loop``: the same seed,
-  data order, batch, peak learning rate and schedule family (warm-up, then cosine to the end of each
-  run) for all. The target is d=128 × 4 layers for 3,000 steps of 16 × 64 tokens (about one epoch of
-  the embedded corpus grown to 20,000 documents).
-* **Ladder.** Five runs at 1/1000 to 1/30 of the target's compute (C = 6·N·D, N the non-embedding
-  parameters, Kaplan et al. 2020), each with N ∝ C^0.5 (Hoffmann et al. 2022) and the steps that make up the rest.
+  the causal-LM recipe's data, tokenizer and loss through ``training_utils.train_loop``: the same
+  peak learning rate (4e-3), schedule (warm-up, then cosine to the end of each run) and number of
+  optimiser steps (750) for all, each run's batch grown with its tokens. The target is d=128 × 4
+  layers on 3.07M tokens (750 steps of 64 × 64; about one epoch of the embedded corpus grown to
+  20,000 documents).
+* **Ladder.** Nine compute points at 1/1000 to 1/30 of the target's compute (C = 6·N·D, N the
+  non-embedding parameters, Kaplan et al. 2020), two seeds each, each with N ∝ C^0.5 (Hoffmann et al.
+  2022, depth ≥ 2) and the tokens that make up the rest.
 * **Prediction.** ``L(C) = a·C^b + c`` fitted to the ladder's final validation losses (one fixed set of
   held-out blocks), evaluated at the target's compute and written to ``prediction.json`` before the
   target starts; then the target is trained and measured on the same blocks.
@@ -23,7 +25,7 @@ The set-up here (``hf_paper_models.scaling``):
 Decision rule, fixed before any run: the claim holds when |predicted − measured| / measured ≤ 3%
 (``TOLERANCE``) for the target's final validation loss.
 
-    python reproductions/gpt4_scaling.py            # the real study (results/gpt4_scaling/); ~15-20 min on 2 cores
+    python reproductions/gpt4_scaling.py            # the real study (results/gpt4_scaling/); ~10-15 min on 2 cores
     python reproductions/gpt4_scaling.py --smoke    # seconds; checks the pipeline (too short to be a power law)
 """
 
