@@ -215,9 +215,8 @@ def encode(
         start = prompt["input_ids"].shape[1]
         if not torch.equal(ids[:start], prompt["input_ids"][0]):  # the answer must not re-tokenize the prompt
             raise ValueError(f"The prompt's tokens change when the answer {task.answer!r} follows them.")
-        # The template's newline after the end-of-turn token is no part of the answer: stop at the token.
-        ends = (ids[start:] == tokenizer.eos_token_id).nonzero()
-        ids = ids[: start + int(ends[0]) + 1]
+        if ids[-1] != tokenizer.eos_token_id:  # the template ends an assistant turn at its end token
+            raise ValueError(f"The chat template put {tokenizer.decode(ids[-1:])!r} after the answer's end token.")
         labels = ids.clone()
         labels[:start] = IGNORE_INDEX
         rows.append({"input_ids": ids, "labels": labels, "pixel_values": prompt["pixel_values"][0]})
