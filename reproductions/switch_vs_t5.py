@@ -1,17 +1,26 @@
 """The Switch Transformer reaches the dense T5's span-corruption loss in fewer steps at equal FLOPs per
 token (Fedus, Zoph & Shazeer 2022, §3.1 and Figure 4), at laptop scale.
 
-A dense T5 (``paper-t5``) and a Switch Transformer (``paper-switch``) of the same d_model, d_ff, heads
-and layers are pre-trained with span corruption through the recipe ``training/pretrain_t5.py``
-(``training/configs/t5_tiny.yaml`` / ``switch_tiny.yaml``). The Switch model's FFN of every other layer
-is a Switch layer of ``num_experts`` experts, each the dense FFN's size, with top-1 routing: every token
+A dense T5 and a Switch Transformer of the same d_model, d_ff, heads and layers are pre-trained with
+span corruption through the recipe ``training/pretrain_t5.py`` (``training/configs/switch_tiny.yaml``).
+The two differ in the Switch layers and nothing else: the Switch model's FFN of every other layer is a
+Switch layer of ``num_experts`` experts, each the dense FFN's size, with top-1 routing: every token
 passes through one expert, so the FFN's FLOPs per token equal the dense FFN's (plus the router's
-d_model × experts); the extra parameters are what the paper buys with sparsity. Both models see the
-same tokenizer, the same training blocks in the same order with the same corruption (same seed), the
-same batch, optimiser, schedule and steps, and are evaluated on the same held-out blocks every
-``eval_steps``. The Switch model keeps the paper's own settings (capacity factor 1.25 in training,
-α = 0.01, jitter 0.01, initialisation scale 0.1) and its training loss includes its load-balancing loss;
-the validation loss compared is the cross-entropy alone for both.
+d_model × experts); the extra parameters are what the paper buys with sparsity. The dense model is the
+same ``paper-switch`` recipe with no Switch layer (``encoder_sparse_step`` = ``decoder_sparse_step`` =
+0): T5's blocks exactly (the same computation and parameters as ``paper-t5``), so that it also gets the
+same initialisation, the paper's reduced scale s = 0.1 (§2.4: "reducing the default Transformer
+initialization scale", σ = sqrt(s / fan_in) for every weight matrix, the tied embedding kept at N(0, 1)).
+An earlier version trained the dense model as ``paper-t5`` with T5's own scale s = 1.0 against the
+Switch model's 0.1: that initialisation difference, not the Switch layers, put the Switch model behind
+from the first step (with s = 0.1 the blocks start near zero and the tied output layer scores the
+decoder's input token at about sqrt(d_model) = 8 nats, half the probability mass, so the loss starts
+above ln(vocabulary)); ``initializer_scale`` sets the scale of both models (1.0: T5's).
+Both models see the same tokenizer, the same training blocks in the same order with the same
+corruption (same seed), the same batch, optimiser, schedule and steps, and are evaluated on the same
+held-out blocks every ``eval_steps``. The Switch model keeps the paper's own settings (capacity factor
+1.25 in training, α = 0.01, jitter 0.01) and its training loss includes its load-balancing loss; the
+validation loss compared is the cross-entropy alone for both.
 
 The claim is decided by a rule fixed here before any run (``RULE``): let L be the dense model's final
 validation loss and S_dense the step at which the dense model's own validation curve first reaches L
@@ -45,6 +54,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hf_paper_models.models.switch import is_sparse_layer  # noqa: E402
 from reproductions.common import (  # noqa: E402
     Timer,
     add_set_option,
@@ -61,8 +71,8 @@ from reproductions.common import (  # noqa: E402
 NAME = "switch_vs_t5"
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "training" / "pretrain_t5.py"
-CONFIGS = {"dense": ROOT / "training" / "configs" / "t5_tiny.yaml",
-           "switch": ROOT / "training" / "configs" / "switch_tiny.yaml"}  # fmt: skip
+# One recipe for both models: the dense one is it with no Switch layer (sparse step 0).
+CONFIG = ROOT / "training" / "configs" / "switch_tiny.yaml"
 LABELS = {"dense": "T5 (dense)", "switch": "Switch"}
 
 # The rule, fixed before the runs: the Switch model reaches the dense model's final validation loss in at
@@ -85,6 +95,8 @@ class Settings:
     num_heads: int = 4
     d_ff: int = 256
     dropout_rate: float = 0.0
+    # both models: the Switch paper's reduced initialisation scale (§2.4); 1.0 is T5's
+    initializer_scale: float = 0.1
     num_experts: int = 8
     capacity_factor: float = 1.25
     # capacity shared by all tokens of a batch (the paper's "tokens per batch"); "sequence" gives each
@@ -122,13 +134,15 @@ def load_recipe():
 
 
 def recipe_argv(model: str, s: Settings, run_dir: Path, cache: Path) -> list[str]:
-    """The recipe's command line for one model: everything but the preset and the routing is shared."""
-    overrides: dict = {"dropout_rate": s.dropout_rate}
+    """The recipe's command line for one model: everything but the Switch layers is shared."""
+    overrides: dict = {"dropout_rate": s.dropout_rate, "initializer_scale": s.initializer_scale}
     if model == "switch":
         overrides.update(num_experts=s.num_experts, capacity_factor=s.capacity_factor,
                          capacity_scope=s.capacity_scope)
+    else:  # no Switch layer in either stack: T5's dense FFN everywhere
+        overrides.update(encoder_sparse_step=0, decoder_sparse_step=0)
     return [
-        "--config", str(CONFIGS[model]), "--output_dir", str(run_dir), "--resume_from_checkpoint", "no",
+        "--config", str(CONFIG), "--output_dir", str(run_dir), "--resume_from_checkpoint", "no",
         "--tokenizer_cache_dir", str(cache), "--report_to", "none", "--seed", str(s.seed),
         "--hidden_size", str(s.hidden_size), "--num_hidden_layers", str(s.num_layers),
         "--num_attention_heads", str(s.num_heads), "--intermediate_size", str(s.d_ff),
@@ -171,8 +185,13 @@ def train(recipe, model: str, s: Settings, out: Path, cache: Path) -> dict:
     trains = [h for h in history if "train_loss" in h]
     last = trains[-1] if trains else {}
     speeds = [h["tokens_per_second"] for h in trains if "tokens_per_second" in h]
+    stacks = (("encoder", config["num_layers"]), ("decoder", config["num_decoder_layers"]))
     result = {
         "model_type": config["model_type"],
+        "switch_layers": sum(
+            is_sparse_layer(i, config[f"{stack}_sparse_step"]) for stack, layers in stacks for i in range(layers)
+        ),
+        "initializer_scale": config["initializer_scale"],
         "parameters": _parameters(run_dir / "final"),
         "steps": report["step"],
         "final_eval_loss": report["eval_loss"],

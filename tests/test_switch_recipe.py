@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_paper_models.models.t5 import PaperT5Config, PaperT5ForConditionalGeneration
 from reproductions.common import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +197,17 @@ def test_reproduction_smoke(tmp_path):
     assert saved["smoke"] is True and isinstance(saved["holds"], bool) and saved["holds"] == result["holds"]
     assert saved["max_step_ratio"] == 0.8 and "0.8" in saved["rule"] and saved["device"]
     dense, switch = saved["models"]["dense"], saved["models"]["switch"]
-    assert dense["model_type"] == "paper-t5" and switch["model_type"] == "paper-switch"
+    # One recipe for both: the dense model is it with no Switch layer, the Switch model has one per stack
+    # (layer 1 of 2), and both start from the same (the paper's reduced) initialisation scale.
+    assert dense["model_type"] == switch["model_type"] == "paper-switch"
+    assert dense["switch_layers"] == 0 and switch["switch_layers"] == 2
+    assert dense["initializer_scale"] == switch["initializer_scale"] == saved["settings"]["initializer_scale"] == 0.1
+    # ... and exactly paper-t5's parameters at the dense run's sizes
+    sizes = json.loads((tmp_path / "runs" / "dense" / "final" / "config.json").read_text())
+    t5 = PaperT5Config(**{k: sizes[k] for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers",
+                                                 "num_decoder_layers", "num_heads")})  # fmt: skip
+    with torch.device("meta"):
+        assert dense["parameters"] == PaperT5ForConditionalGeneration(t5).num_parameters()
     assert dense["steps"] == switch["steps"] == 6
     assert [s for s, _ in dense["eval_curve"]] == [s for s, _ in switch["eval_curve"]] == [2, 4, 6]
     assert switch["parameters"] > dense["parameters"]

@@ -346,9 +346,10 @@ def main(argv: list[str] | None = None) -> Path:
     )
     raw_length, target_length = data_args.lengths()
     experts = getattr(config, "num_experts", None)
+    sparse = any(getattr(config, f"{stack}_sparse_step", 1) for stack in ("encoder", "decoder"))
     routing = (
         f", {experts} experts per Switch layer (capacity factor {config.capacity_factor})" if experts else ""
-    )
+    ) if sparse else ", no Switch layer"
     accelerator.print(
         f"{model_args.preset} ({config.model_type}{routing}): {model.num_parameters() / 1e6:.2f}M parameters, vocab "
         f"{len(tokenizer)}, {len(data['train'])} train / {len(data['validation'])} validation blocks of "

@@ -465,6 +465,28 @@ def test_switch_layers_every_other_ffn_and_expert_dropout():
     assert switch.experts.dropout.p == 0.4 and model.decoder.block[0].layer[-1].mlp.dropout.p == 0.1
 
 
+def test_no_switch_layer_is_t5_exactly():
+    """Sparse step 0 in both stacks: T5 (``paper-t5``, itself checked against transformers' T5) with the
+    same weights: the same parameters (renamed ``DenseReluDense`` -> ``mlp``), logits and loss, train and
+    eval (the aux loss is 0). This is the dense baseline of ``reproductions/switch_vs_t5.py``."""
+    from hf_paper_models.models.t5 import PaperT5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    t5 = PaperT5ForConditionalGeneration(preset("t5-small", **T5_OUR_TINY, dropout_rate=0.0))
+    dense = ours_tiny(**T5_OUR_TINY, encoder_sparse_step=0, decoder_sparse_step=0, dropout_rate=0.0)
+    assert not dense.encoder.switch_layers() and not dense.decoder.switch_layers()
+    weights = {k.replace("DenseReluDense", "mlp"): v for k, v in t5.state_dict().items()}
+    assert set(weights) == set(dense.state_dict()) and count(dense) == count(t5)
+    dense.load_state_dict(weights)
+    input_ids, labels = ids(), ids(length=7, seed=3)
+    for training in (True, False):
+        ours = dense.train(training)(input_ids=input_ids, labels=labels)
+        theirs = t5.train(training)(input_ids=input_ids, labels=labels)
+        torch.testing.assert_close(ours.logits, theirs.logits, rtol=0, atol=0)
+        torch.testing.assert_close(ours.loss, theirs.loss, rtol=0, atol=0)
+        assert ours.aux_loss.item() == 0.0 and ours.expert_load is None
+
+
 def test_reduced_initialisation_scale():
     config = preset(
         "switch-base-8", hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024
