@@ -109,6 +109,9 @@ class Settings:
     eval_steps: int = 100
     logging_steps: int = 10
     eval_batch_size: int = 32
+    # the validation set: its first blocks (0: the whole split; a corpus grown with max_documents grows
+    # its validation split too, which every evaluation would then read)
+    validation_blocks: int = 0
     keep_runs: bool = False  # keep the recipe's run folders (checkpoints, TensorBoard logs)
 
 
@@ -162,7 +165,7 @@ def recipe_argv(spec: dict, s: Settings, run_dir: Path, cache: Path) -> list[str
         "--per_device_eval_batch_size", str(s.eval_batch_size), "--learning_rate", str(s.learning_rate),
         "--warmup_steps", str(s.warmup_steps), "--max_steps", str(s.max_steps),
         "--eval_steps", str(s.eval_steps), "--logging_steps", str(s.logging_steps),
-        "--max_eval_batches", "1000000",  # the whole validation split
+        "--max_eval_batches", str(-(-s.validation_blocks // s.eval_batch_size) if s.validation_blocks else 1_000_000),
         "--save_steps", "0", "--save_total_limit", "1",
     ]  # fmt: skip
     if s.max_documents > 0:
@@ -259,6 +262,8 @@ def train_one(recipe, spec: dict, s: Settings, runs: Path, cache: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(final)
     data_args = recipe.DataArguments(block_size=s.block_size, max_documents=s.max_documents or None)
     blocks = recipe.build_datasets(data_args, tokenizer, s.seed)["validation"]
+    if s.validation_blocks:
+        blocks = blocks.select(range(min(s.validation_blocks, len(blocks))))
     load = validation_expert_load(model, blocks, s.eval_batch_size)
     eval_loss = last(curves.get("eval_loss"))
     moe = bool(model.model.moe_layers())
