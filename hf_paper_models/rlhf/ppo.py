@@ -339,14 +339,20 @@ def value_loss(
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] at each position: (batch, length, vocab), (batch, length) → (batch, length)."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    """log softmax(logits)[token] at each position: (batch, length, vocab), (batch, length) → (batch, length),
+    in float32 (TRL's ``selective_log_softmax``: the gathered logit minus logsumexp, without the full
+    log-softmax tensor)."""
+    from trl.trainer.utils import selective_log_softmax
+
+    return selective_log_softmax(logits.float(), tokens)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) per position: H = logsumexp(z) − Σ_v softmax(z)_v · z_v."""
-    logits = logits.float()
-    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    """Entropy of softmax(logits) per position, H = logsumexp(z) − Σ_v softmax(z)_v · z_v, in float32
+    (TRL's chunked ``entropy_from_logits``)."""
+    from trl.trainer.utils import entropy_from_logits as chunked_entropy
+
+    return chunked_entropy(logits.float())
 
 
 def ptx_loss(policy: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -727,14 +733,11 @@ class PPOTrainer:
     # -- batches ---------------------------------------------------------------------------------
 
     def _pad(self, rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        pad = self.processing_class.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(width - len(row), width) if left else slice(0, len(row))
-            ids[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
+        from trl.trainer.utils import pad
+
+        side = "left" if left else "right"
+        ids = pad([torch.tensor(r, dtype=torch.long) for r in rows], self.processing_class.pad_token_id, side)
+        mask = pad([torch.ones(len(r), dtype=torch.long) for r in rows], 0, side)
         device = self.accelerator.device
         return ids.to(device), mask.to(device)
 
