@@ -493,14 +493,12 @@ RewardFn = Callable[[list[Any], list[str]], "torch.Tensor | Sequence[float]"]
 
 @dataclass
 class _Rollout:
-    prompts: list[Any]
     query: torch.Tensor  # (B, P) left-padded prompt ids
     input_ids: torch.Tensor  # (B, P + R) prompt + response
     attention_mask: torch.Tensor  # (B, P + R)
     response: torch.Tensor  # (B, R)
     response_mask: torch.Tensor  # (B, R) right-padded, includes the first EOS
-    logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
+    logprobs: torch.Tensor  # the policy's at sampling time (the reference's only enter the rewards)
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
@@ -833,8 +831,8 @@ class PPOTrainer:
             "eos_fraction": is_eos.any(-1).float().mean(),
         }
         return _Rollout(
-            prompts, query, input_ids, attention_mask, response, response_mask, logprobs, ref_logprobs,
-            values, advantages, returns, score, stats,
+            query, input_ids, attention_mask, response, response_mask, logprobs, values, advantages, returns,
+            score, stats,
         )  # fmt: skip
 
     def _score(
