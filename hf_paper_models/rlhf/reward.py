@@ -366,7 +366,16 @@ class KWiseRewardTrainer(Trainer):
         loss, accuracy = kwise_loss(rewards, scores, response_mask)
         with torch.no_grad():
             gather = self.accelerator.gather_for_metrics
-            self._metrics[mode]["accuracy"].append(gather(accuracy.reshape(1)).mean().item())
+            pairs = (
+                (scores.unsqueeze(2) > scores.unsqueeze(1))
+                & response_mask.unsqueeze(2)
+                & response_mask.unsqueeze(1)
+            )
+            # kwise_loss's accuracy is a mean over this process's prompts that have a pair: weight each
+            # process by that count, as one process holding the whole batch would.
+            prompts = (pairs.sum(dim=(1, 2)) > 0).sum().to(accuracy.dtype)
+            counted = gather(torch.stack([accuracy * prompts, prompts]).reshape(1, 2)).sum(0)
+            self._metrics[mode]["accuracy"].append((counted[0] / counted[1].clamp(min=1)).item())
             # The number of responses differs between processes (K varies), and a gather needs equal
             # shapes on every process: gather each process's (sum, count) instead of the rewards.
             reward_sum = flat.detach().float().sum()
@@ -374,11 +383,6 @@ class KWiseRewardTrainer(Trainer):
                 torch.stack([reward_sum, torch.ones_like(reward_sum) * flat.numel()]).reshape(1, 2)
             )
             self._metrics[mode]["mean_reward"].append((total[:, 0].sum() / total[:, 1].sum()).item())
-            pairs = (
-                (scores.unsqueeze(2) > scores.unsqueeze(1))
-                & response_mask.unsqueeze(2)
-                & response_mask.unsqueeze(1)
-            )
             self._metrics[mode]["num_pairs"].append(float(gather(pairs.sum().reshape(1)).sum().item()))
         return (loss, {"rewards": rewards}) if return_outputs else loss
 
