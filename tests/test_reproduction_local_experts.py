@@ -117,3 +117,13 @@ def test_local_experts_smoke(tmp_path):
     assert set(data["decision"]) == {"specialisation", "convergence"}
     print("local experts smoke (too small to learn): specialisation holds", data["specialisation_holds"],
           "convergence holds", data["convergence_holds"])  # fmt: skip
+
+
+def test_local_experts_diagnosis_smoke(tmp_path):
+    from reproductions.local_experts_jacobs_diagnosis import main as diagnose
+
+    result = diagnose(["--output-dir", str(tmp_path), "--epochs", "12", "--seeds", "1", "--long-epochs", "12"])
+    assert (tmp_path / "local_experts_jacobs_diagnosis.json").exists()
+    assert result["gradients"]["max_abs_diff_gate_logits_vs_p_minus_h"] < 1e-6
+    assert result["gradients"]["max_abs_diff_expert_outputs_vs_h_weighted_error"] < 1e-6
+    assert len(result["runs"]) == 6 and all(len(r["experts_used"]) == 1 for r in result["runs"].values())

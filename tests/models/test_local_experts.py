@@ -95,6 +95,31 @@ def test_competitive_gradient_is_the_posterior_weighted_error_and_cooperative_co
     torch.testing.assert_close(outputs.grad[0], -2 * p[:, None] * (d - blend))
 
 
+def test_competitive_gradient_wrt_gate_is_prior_minus_posterior():
+    """Jacobs et al.: the gating network's logits s_i get ∂E/∂s_i = p_i − h_i (E of eq. 1.3 per case; the model
+    averages over cases, so (p_i − h_i)/N), and its weights (p − h)ᵀ[x, 1]/N, through the model."""
+    model = PaperLocalExpertsForSequenceClassification(hf_paper_models.preset("local-experts-vowel"))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a non-uniform gate, so that p ≠ h
+        model.model.gate.proj.weight.normal_()
+        model.model.gate.proj.bias.normal_()
+    x, labels = torch.rand(6, 2) * 3, torch.tensor([0, 1, 2, 3, 0, 2])
+    out = model(input_values=x, labels=labels)
+    out.loss.backward()
+    p, o, d = out.gate_probs.detach(), out.expert_outputs.detach(), torch.eye(4)[labels]
+    h = p * torch.exp(-0.5 * ((d[:, None] - o) ** 2).sum(-1))
+    h = h / h.sum(-1, keepdim=True)
+    assert (p - h).abs().max() > 1e-3  # the check is not trivially zero
+    torch.testing.assert_close(model.model.gate.proj.weight.grad, (p - h).T @ x / 6)
+    torch.testing.assert_close(model.model.gate.proj.bias.grad, (p - h).mean(0))
+    # hand-worked: the two-expert model (p = (0.25, 0.75), ‖d − o_1‖² = 1, ‖d − o_2‖² = 2) at d = (1, 1):
+    # h_1 = 0.25 e^{-1/2} / (0.25 e^{-1/2} + 0.75 e^{-1}) = 0.3546, so ∂E/∂b_gate = (0.25 − 0.3546, 0.75 − 0.6454)
+    hand = hand_set_model("competitive")
+    hand(input_values=X, labels=torch.tensor([[1.0, 1.0]])).loss.backward()
+    h1 = 0.25 * math.exp(-0.5) / (0.25 * math.exp(-0.5) + 0.75 * math.exp(-1.0))
+    torch.testing.assert_close(hand.model.gate.proj.bias.grad, torch.tensor([0.25 - h1, h1 - 0.25]))
+
+
 def test_gate_is_a_dense_distribution_summing_to_one():
     model = PaperLocalExpertsModel(hf_paper_models.preset("local-experts-vowel"))
     out = model(input_values=torch.randn(7, 2) * 3)
