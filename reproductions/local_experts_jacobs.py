@@ -164,6 +164,11 @@ class Settings:
     num_seeds: int = 10  # Table 1 has 25 simulations per system; 10 here to fit a shared CPU
     eval_every: int = 10  # test accuracy (reported, not decisive) every eval_every epochs
     threads: int = 1
+    # subtract the training cases' mean formants from every input (train and test, all systems); the
+    # paper does not say how its formants were scaled. Uncentred kHz values make the input-independent
+    # part of each network learn far faster than the rest, and the competitive gate then hands every
+    # case to one expert for good (local_experts_jacobs_diagnosis.py)
+    centre_inputs: bool = False
 
 
 SMOKE = dict(num_speakers=12, num_train_speakers=8, num_seeds=2, max_epochs=12, step_size_grid=(1.0, 4.0),
@@ -435,7 +440,7 @@ def plot_epochs(ax, runs: dict[str, list[dict]], s: Settings) -> None:
     ax.legend(fontsize=7)
 
 
-def plot_owners(ax, run: dict, test: dict, vowels: Sequence[str]) -> None:
+def plot_owners(ax, run: dict, test: dict, vowels: Sequence[str], centred: bool = False) -> None:
     """The formant plane coloured by the gate's argmax expert, with the test cases and the vowels."""
     model = run["_model"]
     x = test["input_values"]
@@ -468,7 +473,7 @@ def plot_owners(ax, run: dict, test: dict, vowels: Sequence[str]) -> None:
     ]
     ax.legend(handles=handles, fontsize=7, loc="upper right")
     m = run["specialisation"]
-    ax.set(xlabel="F1 (kHz)", ylabel="F2 (kHz)",
+    ax.set(xlabel="F1 − mean (kHz)" if centred else "F1 (kHz)", ylabel="F2 − mean (kHz)" if centred else "F2 (kHz)",
            title=f"{run['system']} (seed {run['seed']}): owner = gate argmax\n"
            f"purity {m['purity']:.2f}, experts used {m['experts_used']}, "
            f"selected-expert acc {100 * m['selected_expert_accuracy']:.0f}%")  # fmt: skip
@@ -478,8 +483,8 @@ def plot(runs: dict, test: dict, vowels: Sequence[str], s: Settings, path: Path)
     fig, axes = new_figure(ncols=4, width=4.8, height=4.4)
     plot_errors(axes[0], runs, s)
     plot_epochs(axes[1], runs, s)
-    plot_owners(axes[2], runs["competitive-4"][0], test, vowels)
-    plot_owners(axes[3], runs["cooperative-4"][0], test, vowels)
+    plot_owners(axes[2], runs["competitive-4"][0], test, vowels, s.centre_inputs)
+    plot_owners(axes[3], runs["cooperative-4"][0], test, vowels, s.centre_inputs)
     save_figure(fig, path)
 
 
@@ -513,6 +518,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         data = recipe.make_vowel_data(s.num_speakers, s.utterances_per_vowel, seed=s.data_seed,
                                       speaker_order=s.speaker_order)  # fmt: skip
         train, test = recipe.split_by_speaker(data, s.num_train_speakers)
+        if s.centre_inputs:
+            mean = train["input_values"].mean(0)
+            train = {**train, "input_values": train["input_values"] - mean}
+            test = {**test, "input_values": test["input_values"] - mean}
         step_sizes = {}
         with Timer() as tuning:
             for system in SYSTEMS:
