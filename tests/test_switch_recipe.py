@@ -188,6 +188,20 @@ def test_steps_to_reach_interpolates_between_evaluations():
     assert steps_to_reach(curve, 2.0) is None
 
 
+def test_the_rule_over_seeds_takes_the_median_speed_up():
+    from reproductions.switch_vs_t5 import over_seeds
+
+    # the seed-42..44 speed-ups measured at 8 experts: median 1.12 < 1.25
+    r = over_seeds(42, {"speedup": 1.11, "holds": False}, [{"seed": 43, "speedup": 1.54}, {"seed": 44, "speedup": 1.12}])
+    assert r["seeds"] == [42, 43, 44] and r["median_speedup"] == pytest.approx(1.12) and r["holds"] is False
+    # a Switch model that never reached the dense loss counts as 0, not as a missing value
+    r = over_seeds(42, {"speedup": None, "holds": False}, [{"seed": 43, "speedup": 1.66}, {"seed": 44, "speedup": 1.44}])
+    assert r["speedups"] == [0.0, 1.66, 1.44] and r["median_speedup"] == pytest.approx(1.44) and r["holds"] is True
+    assert r["holds_first_seed"] is False
+    # one seed: the single-run rule (speed-up >= 1 / 0.8)
+    assert over_seeds(42, {"speedup": 1.25, "holds": True}, [])["holds"] is True
+
+
 def test_reproduction_smoke(tmp_path):
     from reproductions import switch_vs_t5
 
@@ -195,6 +209,14 @@ def test_reproduction_smoke(tmp_path):
     assert (tmp_path / "switch_vs_t5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp_path / "switch_vs_t5.json").read_text())
     assert saved["smoke"] is True and isinstance(saved["holds"], bool) and saved["holds"] == result["holds"]
+    # the smoke run's one replicate pair: its own seed, on the first pair's vocabulary
+    assert saved["seeds"] == [42, 43] and [r["seed"] for r in saved["replicates"]] == [43]
+    assert (tmp_path / "runs" / "seed43" / "switch" / "final" / "config.json").is_file()
+    same_vocabulary = [
+        json.loads((tmp_path / "runs" / d / "final" / "tokenizer.json").read_text())["model"]["vocab"]
+        for d in ("dense", "seed43/dense")
+    ]
+    assert same_vocabulary[0] == same_vocabulary[1]
     assert saved["max_step_ratio"] == 0.8 and "0.8" in saved["rule"] and saved["device"]
     dense, switch = saved["models"]["dense"], saved["models"]["switch"]
     # One recipe for both: the dense model is it with no Switch layer, the Switch model has one per stack
