@@ -16,6 +16,7 @@ class Example:
     greedy: bool = True
     clock: str = "process"
     max_new_tokens: int | None = None
+    grid: tuple[float, ...] = (1.0, 2.0)
 
 
 def test_values_take_the_type_of_the_default():
@@ -27,15 +28,17 @@ def test_values_take_the_type_of_the_default():
     assert apply_settings(Example(max_new_tokens=5), ["max_new_tokens=none"]).max_new_tokens is None
     assert apply_settings(Example(), ["lr-scale=2"]).lr_scale == 2.0  # dashes read as underscores
     assert apply_settings(Example(), None) == Example()
+    assert apply_settings(Example(), ["grid=1,4,64"]).grid == (1.0, 4.0, 64.0)  # a tuple: comma-separated
 
 
 @pytest.mark.parametrize(
     "item, message",
     [
-        ("stepz=3", "KEY one of clock, greedy, lr_scale, max_new_tokens, steps"),
+        ("stepz=3", "KEY one of clock, greedy, grid, lr_scale, max_new_tokens, steps"),
         ("steps", "expected KEY=VALUE"),
         ("steps=2.5", "cannot read '2.5' as the type of steps"),
         ("greedy=maybe", "cannot read 'maybe' as the type of greedy"),
+        ("grid=1,x", "cannot read '1,x' as the type of grid"),
     ],
 )
 def test_bad_assignments_name_what_was_wrong(item, message):
