@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -717,11 +717,22 @@ def _write_model_card(model: nn.Module, folder: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass
 class PresetArguments:
-    """Methods of the recipes' ``ModelArguments`` dataclasses, whose fields include ``preset``,
-    ``model_overrides`` (a mapping or its JSON text) and the sizes named in ``OVERRIDE_FIELDS``."""
+    """The size fields (``OVERRIDE_FIELDS``) and ``model_overrides`` the recipes' ``ModelArguments``
+    dataclasses share, and their checks; a recipe adds ``preset`` (and may redeclare ``model_overrides``
+    with its own help example)."""
 
-    OVERRIDE_FIELDS: tuple[str, ...] = (
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None
+    max_position_embeddings: int | None = None
+    model_overrides: dict | str | None = field(
+        default=None, metadata={"help": "Any other config fields, as a mapping (YAML) or JSON."}
+    )
+
+    OVERRIDE_FIELDS: ClassVar[tuple[str, ...]] = (
         "hidden_size",
         "num_hidden_layers",
         "num_attention_heads",

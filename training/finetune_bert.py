@@ -54,11 +54,6 @@ class ModelArguments(PresetArguments):
                           "random weights from `preset`."},
     )  # fmt: skip
     preset: str = field(default="bert-base", metadata={"help": "Used without model_path."})
-    hidden_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    intermediate_size: int | None = None
-    max_position_embeddings: int | None = None
     model_overrides: dict | str | None = field(
         default=None, metadata={"help": 'Other config fields (JSON on the CLI), e.g. {"classifier_dropout": 0.2}.'}
     )

@@ -48,11 +48,6 @@ from hf_paper_models.training_utils import (
 @dataclass
 class ModelArguments(PresetArguments):
     preset: str = field(default="bert-base", metadata={"help": "A BERT preset: bert-base or bert-large."})
-    hidden_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    intermediate_size: int | None = None
-    max_position_embeddings: int | None = None
     model_overrides: dict | str | None = field(
         default=None,
         metadata={

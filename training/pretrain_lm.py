@@ -58,11 +58,6 @@ DEFAULT_TOKENIZER = "byte_bpe"
 @dataclass
 class ModelArguments(PresetArguments):
     preset: str = field(default="gpt2-small", metadata={"help": f"A causal-LM preset: {', '.join(PRESETS)}."})
-    hidden_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    intermediate_size: int | None = None
-    max_position_embeddings: int | None = None
     model_overrides: dict | str | None = field(
         default=None,
         metadata={"help": 'Any other config fields, as a mapping (YAML) or JSON ({"sliding_window": 32}).'},

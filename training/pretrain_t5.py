@@ -85,11 +85,6 @@ class ModelArguments(PresetArguments):
         default="t5-small",
         metadata={"help": f"An encoder-decoder preset (t5-* dense, switch-* sparse): {', '.join(PRESETS)}."},
     )
-    hidden_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    intermediate_size: int | None = None
-    max_position_embeddings: int | None = None
     model_overrides: dict | str | None = field(
         default=None,
         metadata={

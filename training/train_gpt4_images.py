@@ -60,11 +60,6 @@ IGNORE_INDEX = -100  # the label of positions without loss (transformers' cross-
 @dataclass
 class ImageTaskArguments(PresetArguments):
     preset: str = field(default="gpt4-tiny", metadata={"help": "A paper-gpt4 preset."})
-    hidden_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    intermediate_size: int | None = None
-    max_position_embeddings: int | None = None
     model_overrides: dict | str | None = field(
         default=None, metadata={"help": 'Other config fields, as a mapping (YAML) or JSON ({"dropout": 0}).'}
     )

@@ -96,11 +96,6 @@ class ModelArguments(PresetArguments):
     preset: str = field(
         default="transformer-base", metadata={"help": f"A sequence-to-sequence preset: {', '.join(PRESETS)}."}
     )
-    hidden_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    intermediate_size: int | None = None
-    max_position_embeddings: int | None = None
     dropout: float | None = None
     model_overrides: dict | str | None = field(
         default=None,
