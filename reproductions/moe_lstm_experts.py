@@ -155,6 +155,11 @@ def model_specs(s: Settings) -> list[dict]:
 def recipe_argv(spec: dict, s: Settings, run_dir: Path, cache: Path) -> list[str]:
     import json
 
+    if s.validation_blocks % s.eval_batch_size:  # the recipe evaluates whole batches
+        raise ValueError(
+            f"validation_blocks={s.validation_blocks} must be a multiple of eval_batch_size={s.eval_batch_size}, "
+            "so that the recipe's evaluation and the expert-load count read the same blocks."
+        )
     argv = [
         "--config", str(CONFIG), "--output_dir", str(run_dir), "--resume_from_checkpoint", "no",
         "--report_to", "tensorboard", "--seed", str(s.seed), "--tokenizer_cache_dir", str(cache),
@@ -165,7 +170,7 @@ def recipe_argv(spec: dict, s: Settings, run_dir: Path, cache: Path) -> list[str
         "--per_device_eval_batch_size", str(s.eval_batch_size), "--learning_rate", str(s.learning_rate),
         "--warmup_steps", str(s.warmup_steps), "--max_steps", str(s.max_steps),
         "--eval_steps", str(s.eval_steps), "--logging_steps", str(s.logging_steps),
-        "--max_eval_batches", str(-(-s.validation_blocks // s.eval_batch_size) if s.validation_blocks else 1_000_000),
+        "--max_eval_batches", str(s.validation_blocks // s.eval_batch_size if s.validation_blocks else 1_000_000),
         "--save_steps", "0", "--save_total_limit", "1",
     ]  # fmt: skip
     if s.max_documents > 0:
