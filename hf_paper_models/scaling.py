@@ -55,6 +55,8 @@ __all__ = [
     "predict_then_train",
     "run_ladder",
     "run_scaling",
+    "holdout_runs",
+    "parse_shape",
     "target_run",
     "train_run",
 ]
@@ -210,6 +212,18 @@ class ScalingSettings:
     # all, the target's 3,000 steps against the smallest rung's 93 put an optimisation gap between
     # them that no law in C describes. 0: one batch (``batch_size``) for every run, steps ∝ tokens.
     equal_steps: int = 750
+    # how a run's batch grows with its tokens D: batch = B_T · (D / D_T)^batch_exponent, anchored at the
+    # target (D_T tokens in ``equal_steps`` steps of B_T sequences). 1: every run takes ``equal_steps``
+    # steps; 0.5: batch and steps both grow as sqrt(D), so a small run is neither step-limited nor
+    # left with batches of one or two sequences
+    batch_exponent: float = 1.0
+    # 0: the target trains on ``target_steps`` × ``batch_size`` × ``block_size`` tokens; > 0: on this many
+    # tokens per non-embedding parameter (Hoffmann et al. 2022's compute-optimal rule is about 20)
+    tokens_per_parameter: float = 0.0
+    # further targets ("WIDTHxLAYERS", comma-separated), each trained on the main target's tokens per
+    # non-embedding parameter and predicted by the same fit: every prediction is recorded before any
+    # target trains, so each is a held-out check of the fitted law at a compute the design never used
+    holdout_targets: tuple[str, ...] = ()
     # each rung trained from this many seeds (initialisation and data order: seed, seed + 1, ...); the fit
     # takes every replicate, so its least squares runs through their mean at each compute
     rung_seeds: int = 2
@@ -251,6 +265,19 @@ class ScalingSettings:
             raise ValueError(f"ScalingSettings: `equal_steps` must be >= 0, got {self.equal_steps}.")
         if self.rungs < 3:
             raise ValueError(f"ScalingSettings: `rungs` must be >= 3 (three parameters), got {self.rungs}.")
+        if not 0 <= self.batch_exponent <= 1:
+            raise ValueError(
+                f"ScalingSettings: `batch_exponent` must be in [0, 1], got {self.batch_exponent}."
+            )
+        if self.tokens_per_parameter < 0:
+            raise ValueError(
+                f"ScalingSettings: `tokens_per_parameter` must be >= 0, got {self.tokens_per_parameter}."
+            )
+        if isinstance(self.holdout_targets, str):
+            self.holdout_targets = tuple(t for t in self.holdout_targets.split(",") if t.strip())
+        self.holdout_targets = tuple(str(t).strip() for t in self.holdout_targets)
+        for shape in self.holdout_targets:
+            parse_shape(shape, self.head_dim)
 
     @property
     def tokens_per_step(self) -> int:
@@ -329,24 +356,60 @@ def _parameters(settings: ScalingSettings, hidden: int, layers: int) -> int:
     return _shape_parameters(key, hidden, layers)
 
 
-def target_run(settings: ScalingSettings) -> ScalingRun:
-    """The run whose loss the ladder predicts."""
-    n = _parameters(settings, settings.target_hidden, settings.target_layers)
-    steps, batch = _steps_and_batch(settings, settings.target_steps * settings.tokens_per_step, 1)
+def parse_shape(shape: str, head_dim: int) -> tuple[int, int]:
+    """``"WIDTHxLAYERS"`` → ``(width, layers)``; the width a multiple of ``head_dim``."""
+    try:
+        hidden, layers = (int(v) for v in shape.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"A target shape is 'WIDTHxLAYERS' (e.g. '112x4'), got {shape!r}.") from None
+    if hidden < 1 or layers < 1 or hidden % head_dim:
+        raise ValueError(
+            f"Target shape {shape!r}: width and layers must be >= 1 and the width a multiple of head_dim={head_dim}."
+        )
+    return hidden, layers
+
+
+def _target_tokens(settings: ScalingSettings) -> float:
+    """The main target's training tokens (before rounding to whole steps)."""
+    if settings.tokens_per_parameter:
+        n = _parameters(settings, settings.target_hidden, settings.target_layers)
+        return settings.tokens_per_parameter * n
+    return float(settings.target_steps * settings.tokens_per_step)
+
+
+def target_run(settings: ScalingSettings, shape: str | None = None, name: str = "target") -> ScalingRun:
+    """The run whose loss the ladder predicts: the main target, or (``shape``, "WIDTHxLAYERS") a held-out
+    target trained on the main target's tokens per non-embedding parameter."""
+    hidden, layers = settings.target_hidden, settings.target_layers
+    tokens = _target_tokens(settings)
+    if shape is not None:
+        ratio = tokens / _parameters(settings, hidden, layers)
+        hidden, layers = parse_shape(shape, settings.head_dim)
+        tokens = ratio * _parameters(settings, hidden, layers)
+    n = _parameters(settings, hidden, layers)
+    steps, batch = _steps_and_batch(settings, tokens, 1)
     tokens = steps * batch * settings.block_size
     return ScalingRun(
-        name="target", hidden_size=settings.target_hidden, num_hidden_layers=settings.target_layers,
-        num_attention_heads=settings.target_hidden // settings.head_dim, steps=steps, tokens=tokens,
+        name=name, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=hidden // settings.head_dim, steps=steps, tokens=tokens,
         non_embedding_parameters=n, compute=6.0 * n * tokens, batch_size=batch,
         learning_rate=settings.learning_rate, seed=settings.seed,
     )  # fmt: skip
 
 
+def holdout_runs(settings: ScalingSettings) -> list[ScalingRun]:
+    """The held-out targets (``settings.holdout_targets``), named ``target-WIDTHxLAYERS``."""
+    return [target_run(settings, shape, name=f"target-{shape}") for shape in settings.holdout_targets]
+
+
 def _steps_and_batch(settings: ScalingSettings, tokens: float, min_steps: int) -> tuple[int, int]:
-    """Steps and sequences per step of a run of about ``tokens`` training tokens (see ``equal_steps``)."""
+    """Steps and sequences per step of a run of about ``tokens`` training tokens (see ``equal_steps``
+    and ``batch_exponent``)."""
     batch = settings.batch_size
     if settings.equal_steps:
-        batch = max(1, round(tokens / (settings.equal_steps * settings.block_size)))
+        target_tokens = _target_tokens(settings)
+        target_batch = target_tokens / (settings.equal_steps * settings.block_size)
+        batch = max(1, round(target_batch * (tokens / target_tokens) ** settings.batch_exponent))
     return max(min_steps, round(tokens / (batch * settings.block_size))), batch
 
 
@@ -507,7 +570,8 @@ def run_ladder(
 def _recipe_record(settings: ScalingSettings) -> dict[str, Any]:
     """The settings that change a run's outcome (not the ladder's layout)."""
     skip = {"rungs", "min_fraction", "max_fraction", "size_exponent", "min_layers", "min_steps",
-            "equal_steps", "batch_size", "learning_rate", "rung_seeds",
+            "equal_steps", "batch_size", "learning_rate", "rung_seeds", "batch_exponent",
+            "tokens_per_parameter", "holdout_targets",
             "target_hidden", "target_layers", "target_steps", "notes", "tokenizer_cache_dir"}  # fmt: skip
     return {k: v for k, v in asdict(settings).items() if k not in skip}
 
@@ -523,30 +587,37 @@ def predict_then_train(
     data: ScalingData,
     output_dir: str | os.PathLike,
     train: Callable[..., ScalingRun] = train_run,
+    holdouts: Sequence[ScalingRun] = (),
 ) -> dict[str, Any]:
-    """Write the fit's prediction of the target's final loss to ``output_dir/prediction.json``, then
-    (only then) train the target, and return the prediction, the measured loss and the relative error
-    ``|predicted - actual| / actual``."""
+    """Write the fit's prediction of the target's final loss (and of each held-out target's) to
+    ``output_dir/prediction.json``, then (only then) train the targets, and return the prediction, the
+    measured loss and the relative error ``|predicted - actual| / actual`` of each (the held-out ones
+    under ``"holdouts"``)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     predicted = fit.predict(target.compute)
     prediction = {"predicted_loss": predicted, "target": target.spec(), "target_compute": target.compute,
-                  "fit": fit.to_dict(), "recorded_at": _now()}  # fmt: skip
+                  "fit": fit.to_dict(), "recorded_at": _now(),
+                  "holdouts": [{"predicted_loss": fit.predict(h.compute), "target": h.spec(),
+                                "target_compute": h.compute} for h in holdouts]}  # fmt: skip
     (out / "prediction.json").write_text(json.dumps(prediction, indent=2) + "\n")
-    print(f"[scaling] prediction for the target (C={target.compute:.3g}): loss {predicted:.4f}, "
-          f"recorded in {out / 'prediction.json'} before training it")  # fmt: skip
-    started = _now()
-    trained = train(target, settings, data, out / target.name)
-    actual = trained.final_loss
-    return {
-        "predicted_loss": predicted,
-        "actual_loss": actual,
-        "relative_error": abs(predicted - actual) / actual,
-        "prediction_recorded_at": prediction["recorded_at"],
-        "target_started_at": started,
-        "target_finished_at": _now(),
-        "target": asdict(trained),
-    }
+    for run in (target, *holdouts):
+        print(f"[scaling] prediction for {run.name} (C={run.compute:.3g}): loss {fit.predict(run.compute):.4f}, "
+              f"recorded in {out / 'prediction.json'} before training it")  # fmt: skip
+
+    def measure(run: ScalingRun) -> dict[str, Any]:
+        expected = fit.predict(run.compute)
+        started = _now()
+        trained = train(run, settings, data, out / run.name)
+        actual = trained.final_loss
+        return {"predicted_loss": expected, "actual_loss": actual,
+                "relative_error": abs(expected - actual) / actual, "target_started_at": started,
+                "target_finished_at": _now(), "target": asdict(trained)}  # fmt: skip
+
+    outcome = measure(target)
+    outcome["prediction_recorded_at"] = prediction["recorded_at"]
+    outcome["holdouts"] = [measure(h) for h in holdouts]
+    return outcome
 
 
 def plot_scaling(result: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -561,7 +632,9 @@ def plot_scaling(result: dict[str, Any], path: str | os.PathLike) -> Path:
     ladder = result["ladder"]
     target = result["target"]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    xs = np.geomspace(min(r["compute"] for r in ladder) / 2, target["compute"] * 3, 200)
+    holdouts = result.get("holdouts", [])
+    top = max([target["compute"]] + [h["target"]["compute"] for h in holdouts])
+    xs = np.geomspace(min(r["compute"] for r in ladder) / 2, top * 3, 200)
     ax.plot(xs, fit.predict(xs), "-", color="C0", alpha=0.8,
             label=f"fit L = {fit.a:.3g}·C^{fit.b:.3f} + {fit.c:.3f}")  # fmt: skip
     if fit.c > 0:  # (none to draw on a log axis when the fit puts it at 0)
@@ -579,6 +652,12 @@ def plot_scaling(result: dict[str, Any], path: str | os.PathLike) -> Path:
             ms=12,
             label=f"target, measured {result['actual_loss']:.4f} (error {100 * result['relative_error']:.2f}%)",
         )
+    for i, h in enumerate(holdouts):
+        color = f"C{4 + i}"
+        ax.plot([h["target"]["compute"]], [h["predicted_loss"]], "s", mfc="none", mec=color, ms=9)
+        ax.plot([h["target"]["compute"]], [h["actual_loss"]], "*", color=color, ms=11,
+                label=f"held-out {h['target']['name']}: predicted {h['predicted_loss']:.3f}, measured "
+                      f"{h['actual_loss']:.3f} ({100 * h['relative_error']:.2f}%)")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training compute C = 6·N·D (FLOPs, non-embedding N)")
@@ -605,7 +684,7 @@ def run_scaling(
     ladder = run_ladder(plan, settings, data, out / "runs")
     fit = fit_power_law([r.compute for r in ladder], [r.final_loss for r in ladder])
     print(f"[scaling] fit: L(C) = {fit.a:.4g}·C^{fit.b:.4f} + {fit.c:.4f} (rmse {fit.rmse:.4f})")
-    outcome = predict_then_train(target, fit, settings, data, out)
+    outcome = predict_then_train(target, fit, settings, data, out, holdouts=holdout_runs(settings))
     epochs = target.tokens / (len(data.train) * settings.block_size)
     result = {
         "name": name,
@@ -624,6 +703,8 @@ def run_scaling(
     }
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_scaling(result, out / f"{name}.png")
-    print(f"[scaling] predicted {outcome['predicted_loss']:.4f}, measured {outcome['actual_loss']:.4f}: "
-          f"error {100 * outcome['relative_error']:.2f}%; wrote {out / (name + '.json')} and .png")  # fmt: skip
+    for run in (outcome, *outcome["holdouts"]):
+        print(f"[scaling] {run['target']['name']}: predicted {run['predicted_loss']:.4f}, measured "
+              f"{run['actual_loss']:.4f}: error {100 * run['relative_error']:.2f}%")  # fmt: skip
+    print(f"[scaling] wrote {out / (name + '.json')} and .png")
     return result

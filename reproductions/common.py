@@ -72,8 +72,9 @@ def apply_settings(settings: S, assignments: list[str] | None) -> S:
                 value = text.lower() in ("true", "1", "yes")
             elif isinstance(default, (int, float, str)):
                 value = type(default)(text)
-            elif isinstance(default, tuple) and default:  # comma-separated, each as the first item's type
-                value = tuple(type(default[0])(part) for part in text.split(",") if part.strip())
+            elif isinstance(default, tuple):  # comma-separated, each as the first item's type (str if none)
+                kind = type(default[0]) if default else str
+                value = tuple(kind(part.strip()) for part in text.split(",") if part.strip())
             elif default is None:  # an optional number
                 value = float(text) if any(c in text for c in ".eE") else int(text)
             else:

@@ -25,6 +25,29 @@ The set-up here (``hf_paper_models.scaling``):
 Decision rule, fixed before any run: the claim holds when |predicted − measured| / measured ≤ 3%
 (``TOLERANCE``) for the target's final validation loss.
 
+**Held-out design (set down and committed 2026-12-06 before any of its runs).** The default study
+above met 3% once (1.93%) but missed it at two other targets (5.56%, 5.75%): its runs sit at ~4 tokens
+per parameter, where a shape's rounding moves the loss, its rungs train on batches of 2-11 sequences
+against the target's 64, and one ladder predicted one target. The held-out design:
+
+* every run at about 20 tokens per non-embedding parameter (``tokens_per_parameter=20``, Hoffmann et
+  al. 2022's compute-optimal ratio, where the loss is least sensitive to how C is split into N and D);
+  main target 96 × 4 (447,552 non-embedding parameters, 8.95M tokens);
+* batch and steps both ∝ sqrt(tokens) (``batch_exponent=0.5``) anchored at the target's 2,976 steps of
+  47 sequences, so rungs take 529-1,251 steps of 9-20 sequences;
+* three seeds per rung (``rung_seeds=3``), 256 validation blocks, the corpus grown to 80,000 documents
+  (no run sees more than one epoch);
+* two held-out targets, 80 × 3 and 112 × 4, at the same tokens per parameter (``holdout_targets``), at
+  8× and 55× the ladder's largest compute: the one fit predicts all three, and every prediction is
+  written to ``prediction.json`` before any target trains.
+
+Its rule, fixed with it: the method predicts robustly at this scale when all three targets are within
+3%; each error is reported whatever it is. Run as::
+
+    python reproductions/gpt4_scaling.py --output-dir reproductions/results/gpt4_scaling_heldout --set \
+        target_hidden=96 target_layers=4 tokens_per_parameter=20 equal_steps=3000 batch_exponent=0.5 \
+        rung_seeds=3 eval_blocks=256 max_documents=80000 holdout_targets=80x3,112x4
+
     python reproductions/gpt4_scaling.py            # the real study (results/gpt4_scaling/); ~10-15 min on 2 cores
     python reproductions/gpt4_scaling.py --smoke    # seconds; checks the pipeline (too short to be a power law)
 """
@@ -71,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = run_scaling(settings, out, name=NAME)
     result.update(
         smoke=args.smoke, tolerance=TOLERANCE, claim_holds=bool(result["relative_error"] <= TOLERANCE),
+        all_targets_within_tolerance=all(r["relative_error"] <= TOLERANCE for r in (result, *result["holdouts"])),
         device=device_name(),
     )  # fmt: skip
     write_json(out / f"{NAME}.json", result)
@@ -82,6 +106,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"  fit: L(C) = {fit['a']:.4g}·C^{fit['b']:.4f} + {fit['c']:.4f}")
     print(f"  target C={result['target']['compute']:.3g}: predicted {result['predicted_loss']:.4f}, "
           f"measured {result['actual_loss']:.4f}, error {100 * result['relative_error']:.2f}%")  # fmt: skip
+    for h in result["holdouts"]:
+        print(f"  held-out {h['target']['name']} C={h['target']['compute']:.3g}: predicted {h['predicted_loss']:.4f}, "
+              f"measured {h['actual_loss']:.4f}, error {100 * h['relative_error']:.2f}%")  # fmt: skip
+    if result["holdouts"]:
+        print(
+            f"  every target within {100 * TOLERANCE:.0f}%: {'yes' if result['all_targets_within_tolerance'] else 'no'}"
+        )
     print(f"  claim (error <= {100 * TOLERANCE:.0f}%): {'HOLDS' if result['claim_holds'] else 'does not hold'}; "
           f"{result['seconds']:.0f}s; wrote {out}")  # fmt: skip
     return result

@@ -17,6 +17,7 @@ class Example:
     clock: str = "process"
     max_new_tokens: int | None = None
     grid: tuple[float, ...] = (1.0, 2.0)
+    names: tuple[str, ...] = ()
 
 
 def test_values_take_the_type_of_the_default():
@@ -29,12 +30,13 @@ def test_values_take_the_type_of_the_default():
     assert apply_settings(Example(), ["lr-scale=2"]).lr_scale == 2.0  # dashes read as underscores
     assert apply_settings(Example(), None) == Example()
     assert apply_settings(Example(), ["grid=1,4,64"]).grid == (1.0, 4.0, 64.0)  # a tuple: comma-separated
+    assert apply_settings(Example(), ["names=a, b"]).names == ("a", "b")  # an empty tuple reads strings
 
 
 @pytest.mark.parametrize(
     "item, message",
     [
-        ("stepz=3", "KEY one of clock, greedy, grid, lr_scale, max_new_tokens, steps"),
+        ("stepz=3", "KEY one of clock, greedy, grid, lr_scale, max_new_tokens, names, steps"),
         ("steps", "expected KEY=VALUE"),
         ("steps=2.5", "cannot read '2.5' as the type of steps"),
         ("greedy=maybe", "cannot read 'maybe' as the type of greedy"),

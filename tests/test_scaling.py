@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
@@ -16,6 +17,7 @@ from hf_paper_models.models.gpt3 import PaperGPT3LMHeadModel
 from hf_paper_models.scaling import (
     ScalingSettings,
     fit_power_law,
+    holdout_runs,
     model_flops,
     non_embedding_parameters,
     plan_ladder,
@@ -122,10 +124,35 @@ def test_ladder_spans_the_requested_compute_range():
     fixed = ScalingSettings(equal_steps=0)
     assert target_run(fixed).steps == fixed.target_steps
     assert all(r.batch_size == fixed.batch_size for r in plan_ladder(fixed))
+    # batch_exponent 0.5: batch and steps both grow as sqrt(tokens), anchored at the target's batch
+    sqrt_rule = ScalingSettings(batch_exponent=0.5)
+    anchor = target_run(sqrt_rule)
+    assert anchor.batch_size == 64 and anchor.steps == sqrt_rule.equal_steps
+    for r in plan_ladder(sqrt_rule)[:: sqrt_rule.rung_seeds]:
+        # (the batch is set from the requested tokens; the run's tokens are then whole steps of it)
+        assert abs(r.batch_size - 64 * math.sqrt(r.tokens / anchor.tokens)) <= 1
+        assert r.steps == pytest.approx(sqrt_rule.equal_steps * math.sqrt(r.tokens / anchor.tokens), rel=0.15)
     with pytest.raises(ValueError, match="min_fraction"):
         ScalingSettings(min_fraction=0.1, max_fraction=0.01)
     with pytest.raises(ValueError, match="equal_steps"):
         ScalingSettings(equal_steps=-1)
+
+
+def test_tokens_per_parameter_and_holdout_targets():
+    settings = ScalingSettings(target_hidden=96, target_layers=4, tokens_per_parameter=20,
+                               holdout_targets="80x3, 112x4")  # fmt: skip
+    main = target_run(settings)
+    assert main.tokens == pytest.approx(20 * main.non_embedding_parameters, rel=0.01)
+    held = holdout_runs(settings)
+    assert [h.name for h in held] == ["target-80x3", "target-112x4"]
+    assert [(h.hidden_size, h.num_hidden_layers) for h in held] == [(80, 3), (112, 4)]
+    for h in held:  # the main target's tokens per parameter, the same shape family
+        assert h.tokens == pytest.approx(20 * h.non_embedding_parameters, rel=0.01)
+        assert h.num_attention_heads * settings.head_dim == h.hidden_size
+        assert h.compute == pytest.approx(6 * h.non_embedding_parameters * h.tokens)
+    for bad in ("96", "95x4", "axb", "0x3"):
+        with pytest.raises(ValueError, match="WIDTHxLAYERS|multiple of head_dim"):
+            ScalingSettings(holdout_targets=bad)
 
 
 def test_prediction_is_written_before_the_target_trains(tmp_path):
@@ -139,10 +166,17 @@ def test_prediction_is_written_before_the_target_trains(tmp_path):
         run.final_loss = 3.0
         return run
 
-    out = predict_then_train(target, fit, settings, None, tmp_path, train=fake_train)
+    holdout = replace(target, name="target-16x2", hidden_size=16, compute=target.compute / 4)
+    out = predict_then_train(target, fit, settings, None, tmp_path, train=fake_train, holdouts=[holdout])
     assert seen["prediction"]["predicted_loss"] == pytest.approx(fit.predict(target.compute))
     assert "actual_loss" not in seen["prediction"]
     assert out["relative_error"] == pytest.approx(abs(out["predicted_loss"] - 3.0) / 3.0)
+    # the held-out target's prediction was on disk before the first target trained
+    (recorded,) = seen["prediction"]["holdouts"]
+    assert recorded["predicted_loss"] == pytest.approx(fit.predict(target.compute / 4))
+    (measured,) = out["holdouts"]
+    assert measured["target"]["name"] == "target-16x2"
+    assert measured["relative_error"] == pytest.approx(abs(recorded["predicted_loss"] - 3.0) / 3.0)
 
 
 def check_outputs(data: dict, directory, name: str) -> None:
@@ -186,9 +220,25 @@ def test_hfpm_scaling_quick(tmp_path):
 def test_gpt4_scaling_reproduction_smoke(tmp_path):
     from reproductions import gpt4_scaling
 
-    returned = gpt4_scaling.main(["--smoke", "--output-dir", str(tmp_path)])
+    returned = gpt4_scaling.main(["--smoke", "--output-dir", str(tmp_path), "--set", "holdout_targets=24x2"])
     data = json.loads((tmp_path / f"{gpt4_scaling.NAME}.json").read_text())
     check_outputs(data, tmp_path, gpt4_scaling.NAME)
+    (held,) = data["holdouts"]  # trained after the main target, on its tokens per parameter
+    target = data["target"]
+    assert (held["target"]["hidden_size"], held["target"]["num_hidden_layers"]) == (24, 2)
+    assert held["target"]["tokens"] / held["target"]["non_embedding_parameters"] == pytest.approx(
+        target["tokens"] / target["non_embedding_parameters"], rel=0.05
+    )
+    fit = data["fit"]
+    assert held["predicted_loss"] == pytest.approx(
+        fit["a"] * held["target"]["compute"] ** fit["b"] + fit["c"]
+    )
+    assert held["relative_error"] == pytest.approx(
+        abs(held["predicted_loss"] - held["actual_loss"]) / held["actual_loss"]
+    )
+    assert datetime.fromisoformat(data["prediction_recorded_at"]) <= datetime.fromisoformat(
+        held["target_started_at"]
+    )
     assert data["tolerance"] == 0.03 and data["smoke"] is True
     assert data["claim_holds"] == (data["relative_error"] <= 0.03) == returned["claim_holds"]
     print("GPT-4 scaling smoke (too short to be a power law): predicted", round(data["predicted_loss"], 4),
