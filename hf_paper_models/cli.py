@@ -66,10 +66,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         pass  # a checkpoint without a tokenizer converts all the same
     try:
-        (Path(args.destination) / "README.md").write_text(model_card(model.config.model_type), encoding="utf-8")
+        (Path(args.destination) / "README.md").write_text(
+            model_card(model.config.model_type), encoding="utf-8"
+        )
     except ValueError:
         pass
-    print(f"{type(model).__name__} ({parameter_count(model.config):,} parameters) saved to {args.destination}")
+    print(
+        f"{type(model).__name__} ({parameter_count(model.config):,} parameters) saved to {args.destination}"
+    )
     return 0
 
 
@@ -120,12 +124,15 @@ def cmd_scaling(args: argparse.Namespace) -> int:
 
     sizes = {"target_hidden": args.target_hidden, "target_layers": args.target_layers,
              "target_steps": args.target_steps, "rungs": args.rungs, "rung_seeds": args.rung_seeds,
-             "equal_steps": args.equal_steps, "seed": args.seed}  # fmt: skip
+             "equal_steps": args.equal_steps, "batch_exponent": args.batch_exponent,
+             "tokens_per_parameter": args.tokens_per_parameter, "holdout_targets": args.holdout_targets,
+             "seed": args.seed}  # fmt: skip
     base = dict(QUICK) if args.quick else {}
     settings = ScalingSettings(**{**base, **{k: v for k, v in sizes.items() if v is not None}})
     result = run_scaling(settings, args.output_dir)
-    print(f"[scaling] predicted {result['predicted_loss']:.4f}, measured {result['actual_loss']:.4f}, "
-          f"relative error {100 * result['relative_error']:.2f}%")  # fmt: skip
+    for run in (result, *result["holdouts"]):
+        print(f"[scaling] {run['target']['name']}: predicted {run['predicted_loss']:.4f}, measured "
+              f"{run['actual_loss']:.4f}, relative error {100 * run['relative_error']:.2f}%")  # fmt: skip
     return 0
 
 
@@ -142,15 +149,19 @@ def cmd_instructgpt(args: argparse.Namespace) -> int:
 
         values = yaml.safe_load(Path(args.config).read_text()) or {}
     values["output_dir"] = args.output_dir
-    (settings,) = parser.parse_dict(values) if not args.options else parser.parse_args_into_dataclasses(
-        [f"--{k}={v}" for k, v in values.items()] + args.options
+    (settings,) = (
+        parser.parse_dict(values)
+        if not args.options
+        else parser.parse_args_into_dataclasses([f"--{k}={v}" for k, v in values.items()] + args.options)
     )
     report = run_instructgpt(settings)
     keys = ("win_rate_ppo_vs_sft", "win_rate_ppo_vs_sft_greedy", "reward_sft", "reward_ppo", "kl",
             "ptx_loss_sft", "ptx_loss_ppo")  # fmt: skip
     for key in keys:
         print(f"[instructgpt] {key}: {report[key]:.4f}")
-    print(f"[instructgpt] folders: {args.output_dir}/sft, /reward, /ppo; report: {args.output_dir}/report.json, report.png")
+    print(
+        f"[instructgpt] folders: {args.output_dir}/sft, /reward, /ppo; report: {args.output_dir}/report.json, report.png"
+    )
     return 0
 
 
@@ -180,7 +191,9 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hfpm", description="hf_paper_models: the papers' models as transformers models.")
+    parser = argparse.ArgumentParser(
+        prog="hfpm", description="hf_paper_models: the papers' models as transformers models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="model types, presets and their parameter counts").set_defaults(func=cmd_list)
     card = sub.add_parser("card", help="print a model type's model card")
@@ -194,10 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     average = sub.add_parser(
         "average-checkpoints", help="average the weights of checkpoints (the Transformer paper, §6.1)"
     )
-    average.add_argument("checkpoints", nargs="+", help="checkpoint folders or .safetensors files, oldest first")
+    average.add_argument(
+        "checkpoints", nargs="+", help="checkpoint folders or .safetensors files, oldest first"
+    )
     average.add_argument("--output-dir", "-o", required=True)
-    average.add_argument("--last", type=int, default=None, help="average the last N checkpoint-* of one run folder")
-    average.add_argument("--config-from", default=None, help="copy config/tokenizer from this save_pretrained folder")
+    average.add_argument(
+        "--last", type=int, default=None, help="average the last N checkpoint-* of one run folder"
+    )
+    average.add_argument(
+        "--config-from", default=None, help="copy config/tokenizer from this save_pretrained folder"
+    )
     average.set_defaults(func=cmd_average)
     align = sub.add_parser("align", help="draw a translation's alignment matrix as a PNG (RNNsearch Fig. 3)")
     align.add_argument("model", help="a saved sequence-to-sequence model folder (e.g. a recipe's final/)")
@@ -208,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--max-new-tokens", type=int, default=None)
     align.set_defaults(func=cmd_align)
     instruct = sub.add_parser(
-        "instructgpt", help="SFT -> reward model -> PPO-ptx on the embedded tasks, with a labeler-judged report"
+        "instructgpt",
+        help="SFT -> reward model -> PPO-ptx on the embedded tasks, with a labeler-judged report",
     )
     instruct.add_argument("--output-dir", default="runs/instructgpt")
     instruct.add_argument("--config", default=None, help="a YAML file of InstructGPTArguments fields")
@@ -218,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--seconds", type=float, default=120.0)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=None, help="train exactly this many steps (overrides --seconds)")
+    demo.add_argument(
+        "--steps", type=int, default=None, help="train exactly this many steps (overrides --seconds)"
+    )
     demo.set_defaults(func=cmd_demo)
     scaling = sub.add_parser(
         "scaling", help="predict a GPT-3-style run's final loss from a ladder of small runs (GPT-4 report §3)"
@@ -226,12 +248,37 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--output-dir", default="runs/scaling")
     scaling.add_argument("--target-hidden", type=int, default=None, help="the target's width (default 128)")
     scaling.add_argument("--target-layers", type=int, default=None, help="the target's depth (default 4)")
-    scaling.add_argument("--target-steps", type=int, default=None,
-                         help="the target's tokens, in steps of 16 x 64 tokens (default 3000: 3.07M tokens)")
+    scaling.add_argument(
+        "--target-steps",
+        type=int,
+        default=None,
+        help="the target's tokens, in steps of 16 x 64 tokens (default 3000: 3.07M tokens)",
+    )
     scaling.add_argument("--rungs", type=int, default=None, help="compute points of the ladder (default 9)")
     scaling.add_argument("--rung-seeds", type=int, default=None, help="seeds per compute point (default 2)")
-    scaling.add_argument("--equal-steps", type=int, default=None,
-                         help="optimiser steps of every run, batch grown with its tokens (default 750; 0: one batch)")
+    scaling.add_argument(
+        "--equal-steps",
+        type=int,
+        default=None,
+        help="optimiser steps of every run, batch grown with its tokens (default 750; 0: one batch)",
+    )
+    scaling.add_argument(
+        "--batch-exponent",
+        type=float,
+        default=None,
+        help="batch ∝ tokens^this, anchored at the target (default 1: equal steps; 0.5: sqrt)",
+    )
+    scaling.add_argument(
+        "--tokens-per-parameter",
+        type=float,
+        default=None,
+        help="the target's tokens per non-embedding parameter (default 0: --target-steps)",
+    )
+    scaling.add_argument(
+        "--holdout-targets",
+        default=None,
+        help="further targets WIDTHxLAYERS,... at the main target's tokens per parameter",
+    )
     scaling.add_argument("--seed", type=int, default=None)
     scaling.add_argument("--quick", action="store_true", help="a study of seconds that checks the pipeline")
     scaling.set_defaults(func=cmd_scaling)

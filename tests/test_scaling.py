@@ -209,12 +209,17 @@ def test_hfpm_scaling_quick(tmp_path):
     assert main(["scaling", "--quick", "--output-dir", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "scaling.json").read_text())
     check_outputs(data, tmp_path, "scaling")
-    # a second study reuses the finished rungs (same runs, same settings) and trains the target again
+    assert data["holdouts"] == []
+    # a second study reuses the finished rungs (same runs, same settings) and trains the target again,
+    # then a held-out target the same fit predicts
     first = [r["final_loss"] for r in data["ladder"]]
-    assert main(["scaling", "--quick", "--output-dir", str(tmp_path)]) == 0
+    assert main(["scaling", "--quick", "--output-dir", str(tmp_path), "--holdout-targets", "16x2"]) == 0
     again = json.loads((tmp_path / "scaling.json").read_text())
     assert [r["final_loss"] for r in again["ladder"]] == first
     assert again["actual_loss"] == pytest.approx(data["actual_loss"], abs=1e-5)  # seeded: the same run
+    (held,) = again["holdouts"]
+    assert (held["target"]["hidden_size"], held["target"]["num_hidden_layers"]) == (16, 2)
+    assert held["target"]["compute"] < again["target"]["compute"]
 
 
 def test_gpt4_scaling_reproduction_smoke(tmp_path):
