@@ -38,6 +38,18 @@ why: less than one epoch of a small corpus is far from the paper's regime (billi
 capacity limits the model), each of n experts is trained on only k/n of the tokens, and the baseline's
 two extra layers are recurrent.
 
+**Capacity-limited design (set down and committed 2026-12-06 before its run).** The paper's models see
+about a thousand training tokens per non-embedding parameter of the dense baseline (4xLSTM-512, ~8M
+parameters, 10 epochs of ~0.8B words); the 8,000-step run above saw 62 (8.2M tokens, 133k parameters),
+where a dense model is far from the capacity limit that experts lift. The same rule, at the paper's
+ratio: width d = 32, expert hidden h = 64 (2d, k = 4 of 4 / 16 / 64 experts), 8,000 steps of 64 × 64
+tokens (32.8M tokens, ~970 per non-embedding parameter of the dense 4xLSTM, 33,792), the corpus grown to 80,000
+documents (~2.7 epochs), 480 validation blocks::
+
+    python reproductions/moe_lstm_experts.py --output-dir reproductions/results/moe_lstm_experts_capacity \
+        --set hidden_size=32 expert_hidden_size=64 batch_size=64 max_steps=8000 max_documents=80000 \
+              validation_blocks=480 eval_steps=500
+
 Writes ``moe_lstm_experts.json`` and ``moe_lstm_experts.png`` (validation perplexity against the number
 of experts with the baseline as a line; validation loss curves) into ``--output-dir``.
 """
