@@ -44,11 +44,16 @@ parameters, 10 epochs of ~0.8B words); the 8,000-step run above saw 62 (8.2M tok
 where a dense model is far from the capacity limit that experts lift. The same rule, at the paper's
 ratio: width d = 32, expert hidden h = 64 (2d, k = 4 of 4 / 16 / 64 experts), 8,000 steps of 64 × 64
 tokens (32.8M tokens, ~970 per non-embedding parameter of the dense 4xLSTM, 33,792), the corpus grown to 80,000
-documents (~2.7 epochs), 480 validation blocks::
+documents (~2.7 epochs), 480 validation blocks. To fit the session's CPU time it runs as two
+processes on one vocabulary (decided before any MoE result): the dense baseline and MoE-64 (the decisive
+pair), then MoE-4 and MoE-16 with the first run's tokenizer cache copied in::
 
     python reproductions/moe_lstm_experts.py --output-dir reproductions/results/moe_lstm_experts_capacity \
-        --set hidden_size=32 expert_hidden_size=64 batch_size=64 max_steps=8000 max_documents=80000 \
-              validation_blocks=480 eval_steps=500
+        --set experts=64 hidden_size=32 expert_hidden_size=64 batch_size=64 max_steps=8000 \
+              max_documents=80000 validation_blocks=480 eval_steps=500
+    # then, with .../moe_lstm_experts_capacity/tokenizer-cache copied into the new folder:
+    python reproductions/moe_lstm_experts.py --output-dir reproductions/results/moe_lstm_experts_capacity_4_16 \
+        --set experts=4,16 baseline=false hidden_size=32 ...  # the same settings
 
 Writes ``moe_lstm_experts.json`` and ``moe_lstm_experts.png`` (validation perplexity against the number
 of experts with the baseline as a line; validation loss curves) into ``--output-dir``.
