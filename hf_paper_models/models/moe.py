@@ -200,55 +200,6 @@ class _CPUGroupedLinear(torch.autograd.Function):
         return grad_x, grad_weight, None, None
 
 
-class _CPUExpertReLUFFN(torch.autograd.Function):
-    """``relu(x W_i) W_o`` of every expert over its contiguous rows, in eager mode on the CPU, expert by
-    expert: each expert's hidden activations are made, rectified and used while they are still in
-    cache (one d_ff-wide pass over all the tokens, twice more for the ReLU and its backward, costs more
-    than the small matmuls' own memory traffic), and the weight gradients go into
-    ``_reusable_empty_like`` memory. The same products as two ``grouped_linear`` calls around a ReLU."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        hidden = x.new_empty(x.shape[0], wi.shape[-1])
-        out = x.new_empty(x.shape[0], wo.shape[-1])
-        end = 0
-        for expert, start, end in _segments(offsets):
-            h = torch.mm(x[start:end], wi[expert], out=hidden[start:end]).clamp_(min=0)
-            torch.mm(h, wo[expert], out=out[start:end])
-        out[end:].zero_()  # rows past the last expert's (dropped assignments)
-        ctx.save_for_backward(x, wi, wo, offsets, hidden)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, wi, wo, offsets, hidden = ctx.saved_tensors
-        grad = grad.contiguous()
-        need_x, need_wi, need_wo = ctx.needs_input_grad[:3]
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_wi = _reusable_empty_like(wi) if need_wi else None
-        grad_wo = _reusable_empty_like(wo) if need_wo else None
-        if grad_x is not None:
-            grad_x[offsets[-1] :].zero_()
-        start = 0
-        for expert, end in enumerate(offsets.tolist()):  # one host sync, then contiguous slices
-            if end == start:
-                for g in (grad_wi, grad_wo):
-                    if g is not None:
-                        g[expert].zero_()
-                continue
-            h, g_out = hidden[start:end], grad[start:end]
-            if grad_wo is not None:
-                torch.mm(h.t(), g_out, out=grad_wo[expert])
-            if need_x or need_wi:
-                g_h = torch.mm(g_out, wo[expert].t()).masked_fill_(h <= 0, 0.0)  # through the ReLU
-                if grad_wi is not None:
-                    torch.mm(x[start:end].t(), g_h, out=grad_wi[expert])
-                if grad_x is not None:
-                    torch.mm(g_h, wi[expert].t(), out=grad_x[start:end])
-            start = end
-        return grad_x, grad_wi, grad_wo, None
-
-
 def _eager_cpu(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and hasattr(torch._C, "_storage_Use_Count") and not torch.compiler.is_compiling()
 
@@ -286,13 +237,6 @@ class Experts(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        if (
-            _eager_cpu(x_sorted)
-            and type(self.act) is nn.ReLU
-            and not (self.training and self.dropout.p > 0)
-            and self.wi.dtype == self.wo.dtype == x_sorted.dtype
-        ):
-            return _CPUExpertReLUFFN.apply(x_sorted, self.wi, self.wo, offsets)
         hidden = self.dropout(self.act(grouped_linear(x_sorted, self.wi, offsets)))
         return grouped_linear(hidden, self.wo, offsets)
 

@@ -339,29 +339,20 @@ def test_capacity_per_sequence_or_per_batch_hand_worked(scope):
 
 
 @pytest.mark.parametrize(
-    "grouped, dtype, eager_cpu, act",
-    [(True, torch.float32, True, "relu"), (True, torch.float64, True, "relu"),
-     (True, torch.float32, True, "gelu"), (False, torch.float32, True, "gelu"),
-     (True, torch.float64, True, "gelu"), (True, torch.float32, False, "relu"),
-     (False, torch.float32, False, "relu")],
-    # eager CPU + ReLU: _CPUExpertReLUFFN (expert by expert); another activation: _CPUGroupedLinear around
-    # it (grouped_mm or the loop; no grouped kernel takes float64: the loop runs); eager_cpu=False: the
-    # paths CUDA and torch.compile take (grouped_mm's own autograd, the loop's custom op)
-    ids=["fused-relu", "fused-relu-float64", "grouped_mm", "loop", "float64", "grouped_mm-autograd",
-         "loop-custom-op"],
+    "grouped, dtype, eager_cpu",
+    [(True, torch.float32, True), (False, torch.float32, True), (True, torch.float64, True),
+     (True, torch.float32, False), (False, torch.float32, False)],
+    # no grouped kernel takes float64: the loop runs; eager_cpu=False: the paths CUDA and torch.compile
+    # take (grouped_mm's own autograd, the loop's custom op) instead of _CPUGroupedLinear
+    ids=["grouped_mm", "loop", "float64", "grouped_mm-autograd", "loop-custom-op"],
 )  # fmt: skip
-def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped, dtype, eager_cpu, act):
+def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped, dtype, eager_cpu):
     if not grouped:
         monkeypatch.setattr(moe, "_grouped_mm_available", lambda x, w: False)
     if not eager_cpu:
         monkeypatch.setattr(moe, "_eager_cpu", lambda x: False)
-    activation = {"relu": torch.nn.ReLU(), "gelu": torch.nn.GELU()}[act]
-    fused = eager_cpu and act == "relu"
-    calls = []
-    real = moe._CPUExpertReLUFFN.apply
-    monkeypatch.setattr(moe._CPUExpertReLUFFN, "apply", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
-    experts = moe.Experts(5, 6, 10, activation).to(dtype)
+    experts = moe.Experts(5, 6, 10, torch.nn.ReLU()).to(dtype)
     torch.nn.init.normal_(experts.wi)
     torch.nn.init.normal_(experts.wo)
     x = torch.randn(30, 6, dtype=dtype, requires_grad=True)
@@ -375,10 +366,9 @@ def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped, dtype, eager_cpu
         for j in range(2):
             if keep[t, j]:
                 e = int(index[t, j])
-                row = row + weights[t, j] * (activation(x[t] @ experts.wi[e]) @ experts.wo[e])
+                row = row + weights[t, j] * (torch.relu(x[t] @ experts.wi[e]) @ experts.wo[e])
         rows.append(row)
     expected = torch.stack(rows)
-    assert bool(calls) == fused  # the path named in the id is the one that ran
     torch.testing.assert_close(out, expected)
     grads = torch.autograd.grad(out.sum(), (x, weights, experts.wi, experts.wo))
     expected_grads = torch.autograd.grad(expected.sum(), (x, weights, experts.wi, experts.wo))
@@ -432,8 +422,7 @@ def test_dropped_rows_never_leak_into_gradients(monkeypatch):
 
     monkeypatch.setattr(moe, "grouped_linear", garbage_past_the_end)
     torch.manual_seed(0)
-    # GELU: through grouped_linear (ReLU on the CPU takes _CPUExpertReLUFFN, which zeroes those rows)
-    layer = moe.SwitchFeedForward(8, 16, 4, torch.nn.GELU(), capacity=2).train()
+    layer = moe.SwitchFeedForward(8, 16, 4, torch.nn.ReLU(), capacity=2).train()
     for weight in (layer.router.weight, layer.experts.wi, layer.experts.wo):
         torch.nn.init.normal_(weight)
     x = torch.randn(2, 12, 8, requires_grad=True)
@@ -442,21 +431,6 @@ def test_dropped_rows_never_leak_into_gradients(monkeypatch):
     assert layer.stats.dropped_fraction > 0
     assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
-
-
-def test_fused_cpu_experts_zero_the_rows_of_dropped_assignments():
-    torch.manual_seed(0)
-    experts = moe.Experts(3, 4, 8, torch.nn.ReLU())
-    for weight in (experts.wi, experts.wo):
-        torch.nn.init.normal_(weight)
-    x = torch.randn(10, 4, requires_grad=True)
-    offsets = torch.tensor([2, 2, 7], dtype=torch.int32)  # expert 1 gets nothing; rows 7-9 are dropped
-    out = experts(x, offsets)
-    assert torch.equal(out[7:], torch.zeros(3, 4))
-    torch.testing.assert_close(out[2:7], torch.relu(x[2:7] @ experts.wi[2]) @ experts.wo[2])
-    out.square().sum().backward()
-    assert torch.equal(x.grad[7:], torch.zeros(3, 4)) and torch.equal(experts.wi.grad[1], torch.zeros(4, 8))
-    assert torch.equal(experts.wo.grad[1], torch.zeros(8, 4))
 
 
 def test_training_loss_adds_the_weighted_aux_loss():
