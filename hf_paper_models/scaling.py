@@ -592,7 +592,8 @@ def predict_then_train(
     """Write the fit's prediction of the target's final loss (and of each held-out target's) to
     ``output_dir/prediction.json``, then (only then) train the targets, and return the prediction, the
     measured loss and the relative error ``|predicted - actual| / actual`` of each (the held-out ones
-    under ``"holdouts"``)."""
+    under ``"holdouts"``). Each target's outcome is added to ``output_dir/measured.json`` as it
+    finishes, so an interrupted study keeps the targets already trained."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     predicted = fit.predict(target.compute)
@@ -605,14 +606,19 @@ def predict_then_train(
         print(f"[scaling] prediction for {run.name} (C={run.compute:.3g}): loss {fit.predict(run.compute):.4f}, "
               f"recorded in {out / 'prediction.json'} before training it")  # fmt: skip
 
+    measured: list[dict[str, Any]] = []
+
     def measure(run: ScalingRun) -> dict[str, Any]:
         expected = fit.predict(run.compute)
         started = _now()
         trained = train(run, settings, data, out / run.name)
         actual = trained.final_loss
-        return {"predicted_loss": expected, "actual_loss": actual,
-                "relative_error": abs(expected - actual) / actual, "target_started_at": started,
-                "target_finished_at": _now(), "target": asdict(trained)}  # fmt: skip
+        outcome = {"predicted_loss": expected, "actual_loss": actual,
+                   "relative_error": abs(expected - actual) / actual, "target_started_at": started,
+                   "target_finished_at": _now(), "target": asdict(trained)}  # fmt: skip
+        measured.append(outcome)  # each target's result on disk as soon as it is known
+        (out / "measured.json").write_text(json.dumps(measured, indent=2) + "\n")
+        return outcome
 
     outcome = measure(target)
     outcome["prediction_recorded_at"] = prediction["recorded_at"]

@@ -176,6 +176,9 @@ def test_prediction_is_written_before_the_target_trains(tmp_path):
     assert recorded["predicted_loss"] == pytest.approx(fit.predict(target.compute / 4))
     (measured,) = out["holdouts"]
     assert measured["target"]["name"] == "target-16x2"
+    on_disk = json.loads((tmp_path / "measured.json").read_text())  # kept as each target finished
+    assert [m["target"]["name"] for m in on_disk] == ["target", "target-16x2"]
+    assert on_disk[1]["actual_loss"] == measured["actual_loss"] == 3.0
     assert measured["relative_error"] == pytest.approx(abs(recorded["predicted_loss"] - 3.0) / 3.0)
 
 
