@@ -19,10 +19,11 @@ Dispatch (``dispatch``) groups the (token, expert) assignments by expert with on
 all experts as one grouped matrix multiply over the contiguous slices (``torch.nn.functional.grouped_mm``
 where the device has it, else a loop over the experts' slices): no Python loop over tokens, no
 ``experts × tokens`` one-hot tensors, and the FLOPs are those of the kept tokens only, so the cost stays
-near a dense FFN of the same active FLOPs however many experts there are. On the CPU (eager) the
-stacked weight gradients reuse the previous step's memory once it is free (``_reusable_empty_like``):
-mapping them afresh every step cost more page-fault time than the experts' matmuls spent over a dense
-FFN's.
+near a dense FFN of the same active FLOPs however many experts there are. On the CPU (eager) each
+expert is one matmul into memory reused from the previous step once it is free (``_reusable_empty``:
+the projections' outputs, input gradients and stacked weight gradients), and a ReLU runs in place:
+mapping those large tensors afresh every step cost more page-fault time than the experts' matmuls
+spent over a dense FFN's.
 
 Hub-exportable: only the standard library and ``torch``.
 """
@@ -33,6 +34,7 @@ import functools
 import math
 import re
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -141,40 +143,57 @@ def _loop_autograd(ctx, grad):
 _loop_op.register_autograd(_loop_autograd, setup_context=_loop_setup_context)
 
 
-def _reusable_empty_like(weight: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor like ``weight`` for its gradient, on the memory of the last one this
-    function gave for ``weight`` when nothing else holds that memory any more (no tensor or view of
-    it is alive: the optimiser's ``zero_grad(set_to_none=True)`` dropped it), else fresh memory.
+def _reusable_empty(owner: torch.Tensor, slot: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised contiguous tensor of ``shape`` (``like``'s dtype and device) on the memory this
+    function last gave for ``(owner, slot)`` when nothing else holds that memory any more (no tensor or
+    view of it is alive) and it is large enough, else on fresh memory.
 
     Why (CPU): a stacked expert gradient is experts × the dense layer's (256 MiB per projection at 64
-    experts of 512 × 2048 in float32), far above glibc's 32 MiB mmap threshold, so every backward
-    maps it anew and the kernel faults in and zeroes each 4 KiB page: at 64 experts that cost as
-    much system time (about 250 ms) as the expert matmuls' own work took half of, and it was the
-    whole gap to transformers' per-expert ``nn.Linear``s, whose 4 MiB gradients glibc recycles.
+    experts of 512 × 2048 in float32), and the hidden activations of 4,096 tokens 32 MiB, above glibc's
+    32 MiB mmap threshold: every step mapped them anew and the kernel faulted in and zeroed each 4 KiB
+    page. At 64 experts that cost as much system time (about 250 ms) as half the expert matmuls' own
+    work, the whole gap to transformers' per-expert ``nn.Linear``s, whose small tensors glibc recycles.
     """
-    owner, storage = _GRAD_STORAGE.get(id(weight), (None, None))
-    if owner is not None and owner() is weight and torch._C._storage_Use_Count(storage._cdata) == 1:
-        return weight.new_empty(0).set_(storage, 0, weight.shape, weight.stride())
-    grad = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    if owner is None:
-        weakref.finalize(weight, _GRAD_STORAGE.pop, id(weight), None)
-    _GRAD_STORAGE[id(weight)] = (weakref.ref(weight), grad.untyped_storage())
-    return grad
+    key = (id(owner), slot)
+    ref, storage = _BUFFERS.get(key, (None, None))
+    nbytes = math.prod(shape) * like.element_size()
+    if (
+        ref is not None
+        and ref() is owner
+        and storage.nbytes() >= nbytes
+        and torch._C._storage_Use_Count(storage._cdata) == 1
+    ):
+        stride = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+        return like.new_empty(0).set_(storage, 0, tuple(shape), stride)
+    buffer = like.new_empty(tuple(shape))
+    if ref is None or ref() is not owner:
+        weakref.finalize(owner, _BUFFERS.pop, key, None)
+    _BUFFERS[key] = (weakref.ref(owner), buffer.untyped_storage())
+    return buffer
 
 
-# id(weight) -> (weak reference to the weight, its last gradient's storage); an entry goes with its weight.
-_GRAD_STORAGE: dict[int, tuple[weakref.ref, torch.UntypedStorage]] = {}
+def _reusable_empty_like(weight: torch.Tensor) -> torch.Tensor:
+    """``weight``'s gradient on the memory of its last one once nothing holds it (the optimiser's
+    ``zero_grad(set_to_none=True)`` dropped it); see ``_reusable_empty``."""
+    return _reusable_empty(weight, "grad", weight.shape, weight)
+
+
+# (id(owner), slot) -> (weak reference to the owner, the last buffer's storage); entries go with their owner.
+_BUFFERS: dict[tuple[int, str], tuple[weakref.ref, torch.UntypedStorage]] = {}
 
 
 class _CPUGroupedLinear(torch.autograd.Function):
-    """``grouped_linear`` in eager mode on the CPU: the same products (one ``grouped_mm`` where the build
-    has it, else the per-expert loop), with a backward that writes the weight gradient expert by
-    expert into ``_reusable_empty_like`` memory instead of a freshly mapped tensor."""
+    """``grouped_linear`` in eager mode on the CPU: the same products, one matmul per expert written
+    into ``_reusable_empty`` memory (the output, the input gradient and the stacked weight gradient
+    each go on the memory of the last step's once nothing holds it) instead of freshly mapped tensors."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, grouped: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight, offsets)
-        return F.grouped_mm(x, weight, offs=offsets) if grouped else _loop_forward(x, weight, offsets)
+        out = _reusable_empty(weight, "out", (x.shape[0], weight.shape[-1]), x)
+        for expert, start, end in _segments(offsets):  # rows past offsets[-1] stay unspecified
+            torch.mm(x[start:end], weight[expert], out=out[start:end])
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -182,7 +201,7 @@ class _CPUGroupedLinear(torch.autograd.Function):
         grad = grad.contiguous()
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x)
+            grad_x = _reusable_empty(weight, "grad_x", x.shape, x)
             grad_x[offsets[-1] :].zero_()  # rows past the last expert's: nothing flows back
         if ctx.needs_input_grad[1]:
             grad_weight = _reusable_empty_like(weight)
@@ -197,7 +216,7 @@ class _CPUGroupedLinear(torch.autograd.Function):
             if grad_weight is not None:
                 torch.mm(x[start:end].t(), grad[start:end], out=grad_weight[expert])
             start = end
-        return grad_x, grad_weight, None, None
+        return grad_x, grad_weight, None
 
 
 def _eager_cpu(x: torch.Tensor) -> bool:
@@ -210,14 +229,13 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
     ``weight`` is (experts, in, out): the layout the grouped kernels read directly and whose gradient
     they write directly (no transposed copy of every expert's weights). Rows beyond ``offsets[-1]``
     are left unspecified (the caller masks them). One grouped GEMM where available, else one matmul
-    per expert; in eager mode on the CPU through ``_CPUGroupedLinear`` (its weight gradient reuses
-    memory).
+    per expert; in eager mode on the CPU through ``_CPUGroupedLinear`` (one matmul per expert into
+    reused memory).
     """
     weight = weight.to(x.dtype)
-    grouped = _grouped_mm_available(x, weight)
     if _eager_cpu(x):
-        return _CPUGroupedLinear.apply(x, weight, offsets, grouped)
-    if grouped:
+        return _CPUGroupedLinear.apply(x, weight, offsets)
+    if _grouped_mm_available(x, weight):
         return F.grouped_mm(x, weight, offs=offsets)
     return _loop_op(x, weight, offsets)
 
@@ -237,8 +255,10 @@ class Experts(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        hidden = self.dropout(self.act(grouped_linear(x_sorted, self.wi, offsets)))
-        return grouped_linear(hidden, self.wo, offsets)
+        hidden = grouped_linear(x_sorted, self.wi, offsets)
+        # in place on the CPU: one d_ff-wide tensor fewer to map each step (grouped_linear keeps its inputs)
+        hidden = torch.relu_(hidden) if type(self.act) is nn.ReLU and _eager_cpu(hidden) else self.act(hidden)
+        return grouped_linear(self.dropout(hidden), self.wo, offsets)
 
 
 class _PermuteRows(torch.autograd.Function):

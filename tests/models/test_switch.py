@@ -339,20 +339,22 @@ def test_capacity_per_sequence_or_per_batch_hand_worked(scope):
 
 
 @pytest.mark.parametrize(
-    "grouped, dtype, eager_cpu",
-    [(True, torch.float32, True), (False, torch.float32, True), (True, torch.float64, True),
-     (True, torch.float32, False), (False, torch.float32, False)],
-    # no grouped kernel takes float64: the loop runs; eager_cpu=False: the paths CUDA and torch.compile
-    # take (grouped_mm's own autograd, the loop's custom op) instead of _CPUGroupedLinear
-    ids=["grouped_mm", "loop", "float64", "grouped_mm-autograd", "loop-custom-op"],
+    "grouped, dtype, eager_cpu, act",
+    [(True, torch.float32, True, "relu"), (True, torch.float64, True, "relu"), (True, torch.float32, True, "gelu"),
+     (True, torch.float32, False, "relu"), (False, torch.float32, False, "relu")],
+    # eager CPU: _CPUGroupedLinear (a matmul per expert into reused memory), the ReLU in place, another
+    # activation out of place; eager_cpu=False: the paths CUDA and torch.compile take (grouped_mm's own
+    # autograd, the loop's custom op)
+    ids=["cpu-relu", "cpu-float64", "cpu-gelu", "grouped_mm-autograd", "loop-custom-op"],
 )  # fmt: skip
-def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped, dtype, eager_cpu):
+def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped, dtype, eager_cpu, act):
     if not grouped:
         monkeypatch.setattr(moe, "_grouped_mm_available", lambda x, w: False)
     if not eager_cpu:
         monkeypatch.setattr(moe, "_eager_cpu", lambda x: False)
+    activation = {"relu": torch.nn.ReLU(), "gelu": torch.nn.GELU()}[act]
     torch.manual_seed(0)
-    experts = moe.Experts(5, 6, 10, torch.nn.ReLU()).to(dtype)
+    experts = moe.Experts(5, 6, 10, activation).to(dtype)
     torch.nn.init.normal_(experts.wi)
     torch.nn.init.normal_(experts.wo)
     x = torch.randn(30, 6, dtype=dtype, requires_grad=True)
@@ -366,7 +368,7 @@ def test_dispatch_equals_a_per_token_loop(monkeypatch, grouped, dtype, eager_cpu
         for j in range(2):
             if keep[t, j]:
                 e = int(index[t, j])
-                row = row + weights[t, j] * (torch.relu(x[t] @ experts.wi[e]) @ experts.wo[e])
+                row = row + weights[t, j] * (activation(x[t] @ experts.wi[e]) @ experts.wo[e])
         rows.append(row)
     expected = torch.stack(rows)
     torch.testing.assert_close(out, expected)
@@ -408,6 +410,43 @@ def test_expert_weight_gradient_memory_is_reused_only_when_nothing_holds_it():
     torch.testing.assert_close(layer.experts.wi.grad, held)
     backward()  # accumulation (no zero_grad) adds into .grad, whose memory is not handed out again
     torch.testing.assert_close(layer.experts.wi.grad, 2 * held)
+
+
+def test_reused_activation_memory_never_overwrites_a_live_tensor():
+    """On the CPU each projection's output and input gradient go on the last call's memory only once
+    nothing holds it: outputs kept by the caller, or two forwards before one backward, stay intact."""
+    torch.manual_seed(0)
+    experts = moe.Experts(3, 4, 8, torch.nn.ReLU())
+    for weight in (experts.wi, experts.wo):
+        torch.nn.init.normal_(weight)
+    offsets = torch.tensor([3, 5, 8], dtype=torch.int32)
+
+    def reference(x):
+        rows = [torch.relu(x[i] @ experts.wi[e]) @ experts.wo[e] for e, i in ((0, 0), (0, 1), (0, 2), (1, 3),
+                                                                              (1, 4), (2, 5), (2, 6), (2, 7))]
+        return torch.stack(rows)  # fmt: skip
+
+    a, b = torch.randn(8, 4), torch.randn(8, 4)
+    with torch.no_grad():
+        kept = experts(a, offsets)
+        snapshot = kept.clone()
+        other = experts(b, offsets)  # `kept` is alive: fresh memory
+        assert other.data_ptr() != kept.data_ptr()
+        torch.testing.assert_close(kept, snapshot)
+        torch.testing.assert_close(other, reference(b))
+        pointer = other.data_ptr()
+        del other
+        assert experts(a, offsets).data_ptr() == pointer  # nothing holds it now: reused
+    # two forwards, then one backward (gradient accumulation): both graphs keep their own activations
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    (experts(a, offsets).square().sum() + experts(b, offsets).square().sum()).backward()
+    got = (a.grad, b.grad, experts.wi.grad, experts.wo.grad)
+    a2, b2 = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
+    want = torch.autograd.grad(reference(a2).square().sum() + reference(b2).square().sum(),
+                               (a2, b2, experts.wi, experts.wo))  # fmt: skip
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
 
 
 def test_dropped_rows_never_leak_into_gradients(monkeypatch):
