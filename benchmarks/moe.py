@@ -6,7 +6,8 @@ transformers' ``SwitchTransformersSparseMLP``, same weights, same run.
 For 8, 64 and 256 experts (d_model 512, d_ff 2048, 4096 tokens as 8 sequences of 512 by default), one
 forward + backward (a fixed random output gradient) of:
 
-- ours: ``moe.SwitchFeedForward`` (router, sort by expert, one grouped matmul per projection);
+- ours: ``moe.SwitchFeedForward`` (router, sort by expert, one grouped matmul per projection; on the CPU
+  one matmul per expert into reused memory);
 - theirs: transformers' ``SwitchTransformersSparseMLP`` (router, Python loop over the experts hit);
 - dense: ``ReLU(x W_i) W_o`` with one d_ff FFN, the FLOPs a top-1 layer spends per token.
 
