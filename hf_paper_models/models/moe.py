@@ -21,8 +21,8 @@ where the device has it, else a loop over the experts' slices): no Python loop o
 ``experts × tokens`` one-hot tensors, and the FLOPs are those of the kept tokens only, so the cost stays
 near a dense FFN of the same active FLOPs however many experts there are. On the CPU (eager) each
 expert is one matmul into memory reused from the previous step once it is free (``_reusable_empty``:
-the projections' outputs, input gradients and stacked weight gradients), and a ReLU runs in place:
-mapping those large tensors afresh every step cost more page-fault time than the experts' matmuls
+the projections' outputs, input gradients and stacked weight gradients), and a ReLU runs in place
+both ways: mapping those large tensors afresh every step cost more page-fault time than the experts' matmuls
 spent over a dense FFN's.
 
 Hub-exportable: only the standard library and ``torch``.
@@ -219,6 +219,24 @@ class _CPUGroupedLinear(torch.autograd.Function):
         return grad_x, grad_weight, None
 
 
+class _ReLUInPlace(torch.autograd.Function):
+    """ReLU in place, whose backward also writes in place, into the incoming gradient (on the CPU path
+    that is ``_CPUGroupedLinear``'s input gradient, handed to nothing else): no d_ff-wide tensor is
+    mapped in either direction."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x.clamp_(min=0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward.grad_input(grad, out, 0.0, grad_input=grad)
+
+
 def _eager_cpu(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and hasattr(torch._C, "_storage_Use_Count") and not torch.compiler.is_compiling()
 
@@ -256,8 +274,11 @@ class Experts(nn.Module):
 
     def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         hidden = grouped_linear(x_sorted, self.wi, offsets)
-        # in place on the CPU: one d_ff-wide tensor fewer to map each step (grouped_linear keeps its inputs)
-        hidden = torch.relu_(hidden) if type(self.act) is nn.ReLU and _eager_cpu(hidden) else self.act(hidden)
+        plain_relu = type(self.act) is nn.ReLU and not (self.act._forward_hooks or self.act._forward_pre_hooks)
+        if plain_relu and _eager_cpu(hidden):  # in place: no d_ff-wide tensor to map per step
+            hidden = _ReLUInPlace.apply(hidden)  # (grouped_linear saved its inputs, not its output)
+        else:
+            hidden = self.act(hidden)
         return grouped_linear(self.dropout(hidden), self.wo, offsets)
 
 

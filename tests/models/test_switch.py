@@ -449,6 +449,17 @@ def test_reused_activation_memory_never_overwrites_a_live_tensor():
         torch.testing.assert_close(g, w)
 
 
+def test_a_hooked_activation_module_still_runs():
+    """The CPU path's in-place ReLU stands in for ``experts.act`` only while nothing is hooked on it."""
+    experts = moe.Experts(2, 4, 8, torch.nn.ReLU())
+    for weight in (experts.wi, experts.wo):
+        torch.nn.init.normal_(weight)
+    seen = []
+    experts.act.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    out = experts(torch.randn(6, 4), torch.tensor([2, 6], dtype=torch.int32))
+    assert seen == [torch.Size([6, 8])] and out.shape == (6, 4)
+
+
 def test_dropped_rows_never_leak_into_gradients(monkeypatch):
     """The grouped kernels leave the rows of dropped assignments unspecified (uninitialised memory):
     fill them with NaN and check that no gradient sees them."""
