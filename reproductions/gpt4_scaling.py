@@ -48,6 +48,11 @@ Its rule, fixed with it: the method predicts robustly at this scale when all thr
         target_hidden=96 target_layers=4 tokens_per_parameter=20 equal_steps=3000 batch_exponent=0.5 \
         rung_seeds=3 eval_blocks=256 max_documents=80000 holdout_targets=80x3,112x4
 
+Result (one CPU thread, 49 min, ``results/gpt4_scaling_heldout/``): fit 39.43·C^-0.0907 (c at 0);
+errors 9.49% (80 × 3), 18.31% (96 × 4), 22.44% (112 × 4): it does NOT hold. The three targets lie flat
+(2.995 / 2.949 / 2.938) near the embedded grammar's entropy floor, which the ladder never approaches,
+so the fit cannot find the irreducible term (the model card discusses it).
+
     python reproductions/gpt4_scaling.py            # the real study (results/gpt4_scaling/); ~10-15 min on 2 cores
     python reproductions/gpt4_scaling.py --smoke    # seconds; checks the pipeline (too short to be a power law)
 """
