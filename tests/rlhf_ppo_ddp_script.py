@@ -1,13 +1,15 @@
 """Two-process PPO run for tests/test_rlhf_ppo.py (``accelerate launch --multi_gpu --num_processes 2``).
 
-Usage: ``rlhf_ppo_ddp_script.py OUTPUT_DIR TOKENIZER_CACHE``. Prints ``RANK r <checksum>`` of each
-process's policy and value weights at the end (equal when DDP keeps the processes in sync).
+Usage: ``rlhf_ppo_ddp_script.py OUTPUT_DIR TOKENIZER_CACHE``. Each process writes the checksums of
+its policy and value weights at the end to ``OUTPUT_DIR/checksum_rank{r}.txt`` (equal when DDP keeps
+the processes in sync); a file each, since two processes printing to one pipe can interleave lines.
 """
 
 from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -49,7 +51,9 @@ def main(output_dir: str, tokenizer_cache: str) -> None:
     trainer.save_model()
     accelerator = trainer.accelerator
     checksum = [float(sum(p.double().sum() for p in m.parameters())) for m in (policy, value)]
-    print(f"RANK {accelerator.process_index} {checksum[0]:.12e} {checksum[1]:.12e}", flush=True)
+    Path(output_dir, f"checksum_rank{accelerator.process_index}.txt").write_text(
+        f"{checksum[0]:.12e} {checksum[1]:.12e}\n"
+    )
     print(f"{accelerator.num_processes} process(es)", flush=True)
     accelerator.end_training()
 
