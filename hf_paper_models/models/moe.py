@@ -239,6 +239,18 @@ class _ReLUInPlace(torch.autograd.Function):
         return torch.ops.aten.threshold_backward.grad_input(grad, out, 0.0, grad_input=grad)
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run any hook: its own, or one registered for every module
+    (``torch.nn.modules.module.register_module_forward_hook`` and the like)."""
+    from torch.nn.modules import module as torch_module
+
+    return any((
+        module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks,
+        torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks,
+        torch_module._global_backward_hooks, torch_module._global_backward_pre_hooks,
+    ))  # fmt: skip
+
+
 def _eager_cpu(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and hasattr(torch._C, "_storage_Use_Count") and not torch.compiler.is_compiling()
 
@@ -276,7 +288,7 @@ class Experts(nn.Module):
 
     def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         hidden = grouped_linear(x_sorted, self.wi, offsets)
-        plain_relu = type(self.act) is nn.ReLU and not (self.act._forward_hooks or self.act._forward_pre_hooks)
+        plain_relu = type(self.act) is nn.ReLU and not _hooked(self.act)
         if plain_relu and _eager_cpu(hidden):  # in place: no d_ff-wide tensor to map per step
             hidden = _ReLUInPlace.apply(hidden)  # (grouped_linear saved its inputs, not its output)
         else:

@@ -449,14 +449,35 @@ def test_reused_activation_memory_never_overwrites_a_live_tensor():
         torch.testing.assert_close(g, w)
 
 
-def test_a_hooked_activation_module_still_runs():
-    """The CPU path's in-place ReLU stands in for ``experts.act`` only while nothing is hooked on it."""
+@pytest.mark.parametrize("where", ["module", "global", "global-backward"])
+def test_a_hooked_activation_module_still_runs(where):
+    """The CPU path's in-place ReLU stands in for ``experts.act`` only while nothing is hooked on it:
+    a hook of its own, or one registered for every module, sees the activation called."""
     experts = moe.Experts(2, 4, 8, torch.nn.ReLU())
     for weight in (experts.wi, experts.wo):
         torch.nn.init.normal_(weight)
     seen = []
-    experts.act.register_forward_hook(lambda module, args, out: seen.append(out.shape))
-    out = experts(torch.randn(6, 4), torch.tensor([2, 6], dtype=torch.int32))
+
+    def forward_hook(module, args, out):
+        if module is experts.act:
+            seen.append(out.shape)
+
+    def backward_hook(module, grad_input, grad_output):
+        if module is experts.act:
+            seen.append(grad_output[0].shape)
+
+    if where == "module":
+        handle = experts.act.register_forward_hook(forward_hook)
+    elif where == "global":
+        handle = torch.nn.modules.module.register_module_forward_hook(forward_hook)
+    else:
+        handle = torch.nn.modules.module.register_module_full_backward_hook(backward_hook)
+    try:
+        x = torch.randn(6, 4, requires_grad=True)
+        out = experts(x, torch.tensor([2, 6], dtype=torch.int32))
+        out.sum().backward()
+    finally:
+        handle.remove()
     assert seen == [torch.Size([6, 8])] and out.shape == (6, 4)
 
 
