@@ -126,7 +126,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
              "target_steps": args.target_steps, "rungs": args.rungs, "rung_seeds": args.rung_seeds,
              "equal_steps": args.equal_steps, "batch_exponent": args.batch_exponent,
              "tokens_per_parameter": args.tokens_per_parameter, "holdout_targets": args.holdout_targets,
-             "seed": args.seed}  # fmt: skip
+             "count_output_layer": args.count_output_layer or None, "seed": args.seed}  # fmt: skip
     base = dict(QUICK) if args.quick else {}
     settings = ScalingSettings(**{**base, **{k: v for k, v in sizes.items() if v is not None}})
     result = run_scaling(settings, args.output_dir)
@@ -272,7 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokens-per-parameter",
         type=float,
         default=None,
-        help="the target's tokens per non-embedding parameter (default 0: --target-steps)",
+        help="the target's tokens per parameter of N (default 0: --target-steps)",
+    )
+    scaling.add_argument(
+        "--count-output-layer",
+        action="store_true",
+        help="N counts the output layer's vocab x width weights as well as the non-embedding ones",
     )
     scaling.add_argument(
         "--holdout-targets",

@@ -10,7 +10,8 @@ compute than GPT-4", and predicts the big run's final loss before it is trained.
   section). Noise-free points of a power law give back its ``(a, b, c)`` to float precision.
 - ``model_flops``: training compute ``C ≈ 6·N·D`` with ``N`` the non-embedding parameters and ``D`` the
   training tokens (Kaplan et al. 2020, §2.1: embeddings — token and position tables, and a tied output
-  head — are left out of ``N``).
+  head — are left out of ``N``); ``count_output_layer`` adds the output layer's weights to ``N``, whose
+  matmul is compute like any other layer's (Hoffmann et al. 2022 count it).
 - ``plan_ladder``: the small runs, spread geometrically over ``[min_fraction, max_fraction]`` of the
   target's compute; each rung's size is ``N_target · fraction^size_exponent`` (by default 0.5: parameters and
   tokens grow together, Hoffmann et al. 2022; Kaplan et al. 2020's 0.73 shrinks the small runs to the
@@ -55,6 +56,7 @@ __all__ = [
     "predict_then_train",
     "run_ladder",
     "run_scaling",
+    "fit_ladder",
     "holdout_runs",
     "parse_shape",
     "target_run",
@@ -177,11 +179,17 @@ def non_embedding_parameters(config: Any) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in embedding)
 
 
-def model_flops(config: Any, tokens: float) -> float:
+def model_flops(config: Any, tokens: float, *, output_layer: bool = False) -> float:
     """Training compute in FLOPs, ``6·N·D`` (Kaplan et al. 2020, §2.1: 2·N per token forward, twice
     that backward), with ``N`` the non-embedding parameters and ``D = tokens``; attention's
-    context-dependent term is left out, as there."""
-    return 6.0 * non_embedding_parameters(config) * float(tokens)
+    context-dependent term is left out, as there. ``output_layer=True`` adds the output layer's
+    ``vocab_size · hidden_size`` to ``N``: its matmul costs FLOPs per token like any other weight's (a
+    lookup into the input table costs none), which Kaplan et al. leave out and Hoffmann et al. 2022
+    count; at a small width on a large vocabulary it is a large share of the real compute."""
+    n = non_embedding_parameters(config)
+    if output_layer:
+        n += config.vocab_size * config.hidden_size
+    return 6.0 * n * float(tokens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,12 +226,15 @@ class ScalingSettings:
     # left with batches of one or two sequences
     batch_exponent: float = 1.0
     # 0: the target trains on ``target_steps`` × ``batch_size`` × ``block_size`` tokens; > 0: on this many
-    # tokens per non-embedding parameter (Hoffmann et al. 2022's compute-optimal rule is about 20)
+    # tokens per parameter of N (Hoffmann et al. 2022's compute-optimal rule is about 20)
     tokens_per_parameter: float = 0.0
     # further targets ("WIDTHxLAYERS", comma-separated), each trained on the main target's tokens per
-    # non-embedding parameter and predicted by the same fit: every prediction is recorded before any
+    # parameter of N and predicted by the same fit: every prediction is recorded before any
     # target trains, so each is a held-out check of the fitted law at a compute the design never used
     holdout_targets: tuple[str, ...] = ()
+    # count the output layer's vocab_size × hidden weights in N (C = 6·N·D, the rungs' sizes and the
+    # tokens per parameter): its matmul is compute like any other layer's (see ``model_flops``)
+    count_output_layer: bool = False
     # each rung trained from this many seeds (initialisation and data order: seed, seed + 1, ...); the fit
     # takes every replicate, so its least squares runs through their mean at each compute
     rung_seeds: int = 2
@@ -304,7 +315,7 @@ class ScalingRun:
     steps: int
     tokens: int
     non_embedding_parameters: int
-    compute: float  # 6·N·D
+    compute: float  # 6·N·D, N = non_embedding_parameters + output_layer_parameters
     fraction: float = 1.0  # of the target's compute
     final_loss: float | None = None  # on the fixed validation set, after the last step
     train_loss: float | None = None
@@ -312,6 +323,7 @@ class ScalingRun:
     batch_size: int = 16  # sequences per step
     learning_rate: float = 2e-3  # peak
     seed: int = 0  # initialisation and data order
+    output_layer_parameters: int = 0  # counted in N only with ``count_output_layer``
 
     def spec(self) -> dict[str, Any]:
         """What defines the run (not its results)."""
@@ -350,10 +362,19 @@ def _shape_parameters(settings_key: str, hidden: int, layers: int) -> int:
     return non_embedding_parameters(run_config(settings, hidden, layers))
 
 
-def _parameters(settings: ScalingSettings, hidden: int, layers: int) -> int:
+def _non_embedding(settings: ScalingSettings, hidden: int, layers: int) -> int:
     keys = ("preset", "head_dim", "block_size", "sliding_window", "vocab_size")
     key = json.dumps({k: getattr(settings, k) for k in keys}, sort_keys=True)
     return _shape_parameters(key, hidden, layers)
+
+
+def _output_layer(settings: ScalingSettings, hidden: int) -> int:
+    return settings.vocab_size * hidden if settings.count_output_layer else 0
+
+
+def _parameters(settings: ScalingSettings, hidden: int, layers: int) -> int:
+    """The study's ``N`` of a shape: non-embedding parameters, plus the output layer's if counted."""
+    return _non_embedding(settings, hidden, layers) + _output_layer(settings, hidden)
 
 
 def parse_shape(shape: str, head_dim: int) -> tuple[int, int]:
@@ -392,8 +413,9 @@ def target_run(settings: ScalingSettings, shape: str | None = None, name: str = 
     return ScalingRun(
         name=name, hidden_size=hidden, num_hidden_layers=layers,
         num_attention_heads=hidden // settings.head_dim, steps=steps, tokens=tokens,
-        non_embedding_parameters=n, compute=6.0 * n * tokens, batch_size=batch,
-        learning_rate=settings.learning_rate, seed=settings.seed,
+        non_embedding_parameters=_non_embedding(settings, hidden, layers), compute=6.0 * n * tokens,
+        batch_size=batch, learning_rate=settings.learning_rate, seed=settings.seed,
+        output_layer_parameters=_output_layer(settings, hidden),
     )  # fmt: skip
 
 
@@ -430,7 +452,8 @@ def plan_ladder(settings: ScalingSettings) -> list[ScalingRun]:
     fractions = np.geomspace(settings.min_fraction, settings.max_fraction, settings.rungs)
     runs = []
     for i, fraction in enumerate(fractions):
-        wanted = math.log(target.non_embedding_parameters * fraction**settings.size_exponent)
+        wanted = math.log(_parameters(settings, target.hidden_size, target.num_hidden_layers)
+                          * fraction**settings.size_exponent)  # fmt: skip
         hidden, layers, n = min(
             shapes,
             key=lambda s: (round(abs(math.log(s[2]) - wanted), 6), abs(math.log(s[0] / s[1]) - aspect)),
@@ -445,7 +468,8 @@ def plan_ladder(settings: ScalingSettings) -> list[ScalingRun]:
                 num_attention_heads=hidden // settings.head_dim,
                 steps=steps,
                 tokens=tokens,
-                non_embedding_parameters=n,
+                non_embedding_parameters=_non_embedding(settings, hidden, layers),
+                output_layer_parameters=_output_layer(settings, hidden),
                 compute=6.0 * n * tokens,
                 fraction=6.0 * n * tokens / target.compute,
                 batch_size=batch,
@@ -571,7 +595,7 @@ def _recipe_record(settings: ScalingSettings) -> dict[str, Any]:
     """The settings that change a run's outcome (not the ladder's layout)."""
     skip = {"rungs", "min_fraction", "max_fraction", "size_exponent", "min_layers", "min_steps",
             "equal_steps", "batch_size", "learning_rate", "rung_seeds", "batch_exponent",
-            "tokens_per_parameter", "holdout_targets",
+            "tokens_per_parameter", "holdout_targets", "count_output_layer",
             "target_hidden", "target_layers", "target_steps", "notes", "tokenizer_cache_dir"}  # fmt: skip
     return {k: v for k, v in asdict(settings).items() if k not in skip}
 
@@ -676,6 +700,25 @@ def plot_scaling(result: dict[str, Any], path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _compute_convention(settings: ScalingSettings) -> str:
+    if settings.count_output_layer:
+        return "C = 6·N·D, N = non-embedding parameters + the output layer's vocab × width, D = training tokens"
+    return "C = 6·N·D, N = non-embedding parameters (Kaplan et al. 2020), D = training tokens"
+
+
+def fit_ladder(settings: ScalingSettings, output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ladder alone: train it (or read back its records) and fit ``L(C)``; no target is planned for
+    training, nothing predicted. For looking at a design's ladder before spending a target on it."""
+    started = time.perf_counter()
+    ladder = run_ladder(plan_ladder(settings), settings, load_data(settings), Path(output_dir) / "runs")
+    fit = fit_power_law([r.compute for r in ladder], [r.final_loss for r in ladder])
+    return {
+        "compute_convention": _compute_convention(settings), "fit": fit.to_dict(),
+        "ladder": [asdict(r) for r in ladder], "seconds": time.perf_counter() - started,
+        "settings": asdict(settings),
+    }  # fmt: skip
+
+
 def run_scaling(
     settings: ScalingSettings, output_dir: str | os.PathLike, name: str = "scaling"
 ) -> dict[str, Any]:
@@ -695,7 +738,7 @@ def run_scaling(
     result = {
         "name": name,
         "claim": "the fit on the ladder predicts the target's final loss within 3% (|pred - actual| / actual <= 0.03)",
-        "compute_convention": "C = 6·N·D, N = non-embedding parameters (Kaplan et al. 2020), D = training tokens",
+        "compute_convention": _compute_convention(settings),
         **outcome,
         "fit": fit.to_dict(),
         "ladder": [asdict(r) for r in ladder],

@@ -53,6 +53,9 @@ errors 9.49% (80 × 3), 18.31% (96 × 4), 22.44% (112 × 4): it does NOT hold. T
 (2.995 / 2.949 / 2.938) near the embedded grammar's entropy floor, which the ladder never approaches,
 so the fit cannot find the irreducible term (the model card discusses it).
 
+``--ladder-only`` trains and fits a design's ladder alone (``ladder.json``; no target, no prediction):
+four such ladders (``results/gpt4_scaling_ladders/``) all bend down, so their fits too put c at 0.
+
     python reproductions/gpt4_scaling.py            # the real study (results/gpt4_scaling/); ~10-15 min on 2 cores
     python reproductions/gpt4_scaling.py --smoke    # seconds; checks the pipeline (too short to be a power law)
 """
@@ -67,7 +70,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hf_paper_models.scaling import QUICK, ScalingSettings, run_scaling
+from hf_paper_models.scaling import QUICK, ScalingSettings, fit_ladder, run_scaling
 from reproductions.common import (
     add_set_option,
     apply_settings,
@@ -88,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "--output-dir", default=None, help=f"default: {RESULTS} (the real run), runs/... (smoke)"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny study (seconds) that checks the pipeline")
+    parser.add_argument(
+        "--ladder-only", action="store_true",
+        help="train and fit the ladder only (no target, no prediction): writes <output-dir>/ladder.json",
+    )  # fmt: skip
     add_set_option(parser)
     args = parser.parse_args(argv)
     settings = ScalingSettings(**QUICK) if args.smoke else ScalingSettings()
@@ -95,6 +102,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     default_dir = f"runs/reproductions/{NAME}_smoke" if args.smoke else RESULTS
     out = output_dir(args.output_dir or default_dir)
     seed_everything(settings.seed)
+    if args.ladder_only:
+        result = fit_ladder(settings, out)
+        result.update(device=device_name())
+        write_json(out / "ladder.json", result)
+        fit = result["fit"]
+        for r in result["ladder"]:
+            print(f"  {r['name']}: d={r['hidden_size']} L={r['num_hidden_layers']} C={r['compute']:.3g} "
+                  f"loss {r['final_loss']:.4f}")  # fmt: skip
+        print(f"  fit: L(C) = {fit['a']:.4g}·C^{fit['b']:.4f} + {fit['c']:.4f} (rms {fit['rmse']:.4f}); wrote {out}")
+        return result
 
     result = run_scaling(settings, out, name=NAME)
     result.update(

@@ -15,6 +15,7 @@ import pytest
 import hf_paper_models
 from hf_paper_models.models.gpt3 import PaperGPT3LMHeadModel
 from hf_paper_models.scaling import (
+    QUICK,
     ScalingSettings,
     fit_power_law,
     holdout_runs,
@@ -85,6 +86,8 @@ def test_model_flops_is_6ND_with_non_embedding_parameters_counted_by_hand():
     assert model_flops(config, 1000) == 6 * hand * 1000
     total = sum(p.numel() for p in PaperGPT3LMHeadModel(config).parameters())
     assert total - hand == vocab * d + positions * d  # exactly the two tables are left out
+    # the output layer counted: its vocab x d matmul per token, the position lookup still free
+    assert model_flops(config, 1000, output_layer=True) == 6 * (hand + vocab * d) * 1000
 
 
 def test_ladder_spans_the_requested_compute_range():
@@ -150,6 +153,19 @@ def test_tokens_per_parameter_and_holdout_targets():
         assert h.tokens == pytest.approx(20 * h.non_embedding_parameters, rel=0.01)
         assert h.num_attention_heads * settings.head_dim == h.hidden_size
         assert h.compute == pytest.approx(6 * h.non_embedding_parameters * h.tokens)
+    # N counting the output layer: the tokens per parameter, the compute and the rungs' sizes all use it
+    counted = replace(settings, count_output_layer=True)
+    for run in (target_run(counted), *holdout_runs(counted)):
+        assert run.output_layer_parameters == counted.vocab_size * run.hidden_size
+        n = run.non_embedding_parameters + run.output_layer_parameters
+        assert run.tokens == pytest.approx(20 * n, rel=0.01) and run.compute == pytest.approx(6 * n * run.tokens)
+    top = target_run(counted)
+    ladder = plan_ladder(counted)
+    for r in ladder:
+        n = r.non_embedding_parameters + r.output_layer_parameters
+        assert r.output_layer_parameters == counted.vocab_size * r.hidden_size
+        assert r.compute == pytest.approx(6 * n * r.tokens) and r.fraction == pytest.approx(r.compute / top.compute)
+    assert ladder[0].fraction == pytest.approx(1e-3, rel=0.15) and ladder[-1].fraction == pytest.approx(1 / 30, rel=0.15)
     for bad in ("96", "95x4", "axb", "0x3"):
         with pytest.raises(ValueError, match="WIDTHxLAYERS|multiple of head_dim"):
             ScalingSettings(holdout_targets=bad)
@@ -251,3 +267,25 @@ def test_gpt4_scaling_reproduction_smoke(tmp_path):
     assert data["claim_holds"] == (data["relative_error"] <= 0.03) == returned["claim_holds"]
     print("GPT-4 scaling smoke (too short to be a power law): predicted", round(data["predicted_loss"], 4),
           "measured", round(data["actual_loss"], 4), "error", f"{100 * data['relative_error']:.2f}%")  # fmt: skip
+
+
+def test_ladder_only_trains_no_target_and_reuses_the_rungs(tmp_path):
+    """``--ladder-only``: the ladder and its fit, no target run and no prediction; the fit is the least
+    squares of the rungs written (refitted here from their records)."""
+    from reproductions import gpt4_scaling
+
+    args = ["--smoke", "--ladder-only", "--output-dir", str(tmp_path), "--set", "count_output_layer=true"]
+    gpt4_scaling.main(args)
+    data = json.loads((tmp_path / "ladder.json").read_text())
+    assert not (tmp_path / "prediction.json").exists() and not (tmp_path / "runs" / "target").exists()
+    rungs = data["ladder"]
+    assert len(rungs) == QUICK["rungs"] * QUICK["rung_seeds"] and "output layer" in data["compute_convention"]
+    for r in rungs:  # N counts the output layer: C = 6 (non-embedding + vocab x width) D
+        n = r["non_embedding_parameters"] + QUICK["vocab_size"] * r["hidden_size"]
+        assert r["output_layer_parameters"] == QUICK["vocab_size"] * r["hidden_size"]
+        assert r["compute"] == pytest.approx(6 * n * r["tokens"])
+    refit = fit_power_law([r["compute"] for r in rungs], [r["final_loss"] for r in rungs])
+    assert data["fit"]["b"] == pytest.approx(refit.b) and data["fit"]["c"] == pytest.approx(refit.c)
+    gpt4_scaling.main(args)  # the records are read back, not retrained
+    again = json.loads((tmp_path / "ladder.json").read_text())
+    assert [r["final_loss"] for r in again["ladder"]] == [r["final_loss"] for r in rungs]
