@@ -36,6 +36,7 @@ import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +144,7 @@ def _loop_autograd(ctx, grad):
 _loop_op.register_autograd(_loop_autograd, setup_context=_loop_setup_context)
 
 
-def _reusable_empty(owner: torch.Tensor, slot: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+def _reusable_empty(owner: Any, slot: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
     """An uninitialised contiguous tensor of ``shape`` (``like``'s dtype and device) on the memory this
     function last gave for ``(owner, slot)`` when nothing else holds that memory any more (no tensor or
     view of it is alive) and it is large enough, else on fresh memory.
@@ -228,7 +229,7 @@ class _ReLUInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x.clamp_(min=0)
+        x.relu_()
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         return x
@@ -320,6 +321,57 @@ def permute_rows(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> 
     return _PermuteRows.apply(x, perm, inverse)
 
 
+class _CPUPermuteRows(torch.autograd.Function):
+    """``permute_rows`` in eager mode on the CPU, both ways into ``_reusable_empty`` memory of ``owner``
+    (a d_model-wide tensor of every token is 8 MiB at 4,096 tokens of 512: freshly mapped, its page
+    faults cost more than the gather itself). ``owner`` is a module, not an input of the graph: a
+    parameter there would make the output require a gradient the caller never asked for."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor, owner: nn.Module):
+        ctx.save_for_backward(inverse)
+        ctx.owner = owner
+        return torch.index_select(x, 0, perm, out=_reusable_empty(owner, "permuted", x.shape, x))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        out = _reusable_empty(ctx.owner, "permuted_grad", grad.shape, grad)
+        return torch.index_select(grad, 0, inverse, out=out), None, None, None
+
+
+class _CPUCombine(torch.autograd.Function):
+    """The end of ``dispatch`` in eager mode on the CPU: ``y[t] = w[t] · y_sorted[inverse[t]]`` for the
+    kept assignments (sorted rows below ``kept``) and 0 for the dropped ones, whose rows of ``y_sorted``
+    are unspecified memory and never read into the result or the gradients. The output and the
+    gradients go on ``_reusable_empty`` memory of ``owner``, and no mask spans the whole tensor."""
+
+    @staticmethod
+    def forward(ctx, y_sorted, weights, order, inverse, kept: int, owner):
+        out = torch.index_select(y_sorted, 0, inverse, out=_reusable_empty(owner, "combined", y_sorted.shape, y_sorted))
+        if kept < len(order):
+            out.index_fill_(0, order[kept:], 0.0)  # dropped assignments (before the scaling: 0 · NaN)
+        out.mul_(weights.unsqueeze(-1))
+        ctx.save_for_backward(y_sorted, weights, order, inverse)
+        ctx.kept, ctx.owner = kept, owner
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        y_sorted, weights, order, inverse = ctx.saved_tensors
+        kept, owner = ctx.kept, ctx.owner
+        grad_sorted = torch.index_select(grad, 0, order, out=_reusable_empty(owner, "combined_grad", grad.shape, grad))
+        grad_weights = None
+        if ctx.needs_input_grad[1]:  # d out[t] / d w[t] = y_sorted[inverse[t]]: a row-wise dot product
+            product = _reusable_empty(owner, "combined_product", (kept, grad.shape[-1]), grad)
+            by_row = torch.zeros(len(order), dtype=grad.dtype, device=grad.device)
+            by_row[:kept] = torch.mul(grad_sorted[:kept], y_sorted[:kept], out=product).sum(-1)
+            grad_weights = by_row.index_select(0, inverse)
+        grad_sorted[:kept].mul_(weights.index_select(0, order[:kept]).unsqueeze(-1))
+        grad_sorted[kept:].zero_()
+        return grad_sorted, grad_weights, None, None, None, None
+
+
 def dispatch(
     x: torch.Tensor,
     expert_index: torch.Tensor,
@@ -346,6 +398,11 @@ def dispatch(
     offsets = torch.cumsum(counts, 0).to(torch.int32)
     # Assignment t·k + j is token t's j-th choice: repeat each token k times, then sort by expert.
     x_assigned = x if k == 1 else x.unsqueeze(1).expand(tokens, k, x.shape[-1]).reshape(tokens * k, -1)
+    if _eager_cpu(x):  # the same products; rows past offsets[-1] are neither read nor written
+        x_sorted = _CPUPermuteRows.apply(x_assigned, order, inverse, experts)
+        weights = combine_weights.reshape(-1).to(x_sorted.dtype)
+        y = _CPUCombine.apply(experts(x_sorted, offsets), weights, order, inverse, int(offsets[-1]), experts)
+        return (y.view(tokens, k, -1).sum(1) if k > 1 else y).to(x.dtype)
     # Rows past offsets[-1] (dropped assignments) are never computed: zero them on the way in (their
     # input gradient is unspecified) and on the way out, before anything multiplies them (their output
     # is unspecified memory, possibly NaN, and 0 · NaN would reach the router's gradient).

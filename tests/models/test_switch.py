@@ -449,6 +449,42 @@ def test_reused_activation_memory_never_overwrites_a_live_tensor():
         torch.testing.assert_close(g, w)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_reused_dispatch_memory_never_overwrites_a_live_tensor(k):
+    """The CPU dispatch's permuted input, combined output and their gradients also go on reused memory:
+    a kept output stays intact, and two forwards (with dropped assignments) before one backward give
+    a per-token loop's outputs and gradients."""
+    torch.manual_seed(0)
+    experts = moe.Experts(4, 6, 10, torch.nn.ReLU())
+    for weight in (experts.wi, experts.wo):
+        torch.nn.init.normal_(weight)
+    calls = [(torch.randn(20, 6), torch.randint(0, 4, (20, k)), torch.rand(20, k), torch.rand(20, k) > 0.25)
+             for _ in range(2)]  # fmt: skip
+
+    def reference(x, index, weights, keep):
+        rows = [sum((weights[t, j] * (torch.relu(x[t] @ experts.wi[int(index[t, j])]) @ experts.wo[int(index[t, j])])
+                     for j in range(k) if keep[t, j]), torch.zeros(6)) for t in range(len(x))]  # fmt: skip
+        return torch.stack(rows)
+
+    with torch.no_grad():
+        kept = moe.dispatch(*calls[0][:3], calls[0][3], experts)
+        snapshot = kept.clone()
+        other = moe.dispatch(*calls[1][:3], calls[1][3], experts)
+        torch.testing.assert_close(kept, snapshot)
+        torch.testing.assert_close(other, reference(*calls[1]))
+    leaves = [(x.clone().requires_grad_(True), index, w.clone().requires_grad_(True), keep)
+              for x, index, w, keep in calls]  # fmt: skip
+    total = sum(moe.dispatch(x, i, w, keep, experts).square().sum() for x, i, w, keep in leaves)
+    total.backward()
+    got = [t for x, _, w, _ in leaves for t in (x.grad, w.grad)] + [experts.wi.grad, experts.wo.grad]
+    refs = [(x.clone().requires_grad_(True), index, w.clone().requires_grad_(True), keep)
+            for x, index, w, keep in calls]  # fmt: skip
+    inputs = [t for x, _, w, _ in refs for t in (x, w)] + [experts.wi, experts.wo]
+    want = torch.autograd.grad(sum(reference(*r).square().sum() for r in refs), inputs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
 @pytest.mark.parametrize("where", ["module", "global", "global-backward"])
 def test_a_hooked_activation_module_still_runs(where):
     """The CPU path's in-place ReLU stands in for ``experts.act`` only while nothing is hooked on it:
