@@ -58,6 +58,22 @@ pair), then MoE-4 and MoE-16 with the first run's tokenizer cache copied in::
 Result (one CPU thread, 37 + 35 min): validation perplexity dense 32.11, MoE-4 36.29, MoE-16 33.77,
 MoE-64 36.04: the claim does NOT hold in this regime either (not monotone; the dense model best).
 
+**Knowledge design (set down and committed 2026-12-06 before its runs).** The paper's gains come
+from parameters that hold what a dense model of the same compute cannot; the embedded grammar has a
+lexicon of a few hundred words and little else to memorise. With ``facts=30`` every document ends with
+15-30 sentences from the embedded gazetteer (20,000 towns, Zipf 1.1, each with a fixed thing, animal and
+mayor: about 60% of the tokens), knowledge in a long tail that only parameters can hold. An
+exploratory probe before this design (a prototype of the same gazetteer with another seed; dense and
+MoE-64 only, d = 64, 16,000 steps of 16 × 64 tokens) gave dense 6.645 against MoE-64 6.727, the
+dense model ahead throughout. The design is that probe's settings, the whole family, the rule
+unchanged; two processes on one vocabulary (dense + MoE-4, then MoE-16 + MoE-64)::
+
+    python reproductions/moe_lstm_experts.py --output-dir reproductions/results/moe_lstm_experts_facts \
+        --set experts=4 facts=30 max_steps=16000 max_documents=80000 validation_blocks=256 eval_steps=2000
+    python reproductions/moe_lstm_experts.py --output-dir reproductions/results/moe_lstm_experts_facts_16_64 \
+        --set experts=16,64 baseline=false facts=30 max_steps=16000 max_documents=80000 \
+              validation_blocks=256 eval_steps=2000
+
 Writes ``moe_lstm_experts.json`` and ``moe_lstm_experts.png`` (validation perplexity against the number
 of experts with the baseline as a line; validation loss curves) into ``--output-dir``.
 """
@@ -126,6 +142,9 @@ class Settings:
     learning_rate: float = 2e-3
     warmup_steps: int = 30
     max_documents: int = 0  # 0: the whole embedded corpus
+    # > 0: each document ends with up to this many facts from the embedded gazetteer (a long tail of towns
+    # with fixed attributes: knowledge to hold in parameters, which the grammar alone barely has)
+    facts: int = 0
     eval_steps: int = 100
     logging_steps: int = 10
     eval_batch_size: int = 32
@@ -195,6 +214,8 @@ def recipe_argv(spec: dict, s: Settings, run_dir: Path, cache: Path) -> list[str
     ]  # fmt: skip
     if s.max_documents > 0:
         argv += ["--max_documents", str(s.max_documents)]
+    if s.facts > 0:
+        argv += ["--embedded_facts", str(s.facts)]
     return argv
 
 
@@ -285,7 +306,8 @@ def train_one(recipe, spec: dict, s: Settings, runs: Path, cache: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(final)
     config = model.config
     tokenizer = AutoTokenizer.from_pretrained(final)
-    data_args = recipe.DataArguments(block_size=s.block_size, max_documents=s.max_documents or None)
+    data_args = recipe.DataArguments(block_size=s.block_size, max_documents=s.max_documents or None,
+                                     embedded_facts=s.facts)  # fmt: skip
     blocks = recipe.build_datasets(data_args, tokenizer, s.seed)["validation"]
     if s.validation_blocks:
         blocks = blocks.select(range(min(s.validation_blocks, len(blocks))))

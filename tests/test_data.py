@@ -115,6 +115,44 @@ def test_lm_corpus_agreement_and_articles():
 # ---------------------------------------------------------------------------------------------
 
 
+def test_facts_are_a_fixed_long_tail_appended_to_the_grammar_documents():
+    towns, attributes = corpus_mod.gazetteer()
+    assert len(towns) == len(set(towns)) == len(attributes) == corpus_mod.FACT_TOWNS
+    words = set(corpus_mod.vocabulary())
+    assert not any(t.lower() in words for t in towns)  # no town is a word of the grammar
+    plain = lm_corpus(300)
+    with_facts = lm_corpus(300, facts=8)
+    assert lm_corpus(300, facts=8) == with_facts  # deterministic
+    told: dict[str, set[str]] = {}
+    counts: Counter[str] = Counter()
+    patterns = [re.compile(r"^(\w+) is known for its (\w+)\.$"), re.compile(r"^In (\w+) the people keep (\w+)\.$"),
+                re.compile(r"^The mayor of (\w+) is (\w+)\.$")]  # fmt: skip
+    index = {t: i for i, t in enumerate(towns)}
+    for doc, base in zip(with_facts, plain, strict=True):
+        head, _, paragraph = doc.rpartition("\n\n")
+        assert head == base  # the grammar's document unchanged, facts in a last paragraph
+        sentences = re.findall(r"[^.]+\.", paragraph)
+        assert 4 <= len(sentences) <= 8
+        for sentence in sentences:
+            (kind, match), = [(k, m) for k, p in enumerate(patterns) if (m := p.match(sentence.strip()))]
+            town, value = match.groups()
+            thing, animal, person = attributes[index[town]]
+            assert value == (thing, corpus_mod._PLURALS[animal], person)[kind]  # the town's own attribute
+            told.setdefault(town, set()).add(value)
+            counts[town] += 1
+    for split in ("validation", "test"):  # the same world in every split
+        for doc in lm_corpus(50, split=split, facts=8):
+            for town, value in re.findall(r"The mayor of (\w+) is (\w+)\.", doc):
+                assert value == attributes[index[town]][2]
+    # a Zipf law over the towns: the first town's share is 1 / sum_r r^-s (about 10% for s = 1.1)
+    share = counts[towns[0]] / sum(counts.values())
+    harmonic = sum((r + 1) ** -corpus_mod.FACT_ZIPF for r in range(corpus_mod.FACT_TOWNS))
+    assert share == pytest.approx(1 / harmonic, rel=0.25)
+    assert len(counts) > 500  # and a long tail
+    with pytest.raises(ValueError, match="facts"):
+        lm_corpus(3, facts=-1)
+
+
 def test_parallel_corpus_is_deterministic():
     first = parallel_corpus("validation")
     parallel_mod._pairs.cache_clear()

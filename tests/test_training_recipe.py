@@ -186,6 +186,23 @@ def test_bad_config_raises_before_training(tmp_path: Path, extra: list[str], mes
     assert not output_dir.exists(), "nothing may be written before the configuration is checked"
 
 
+def test_embedded_facts_reach_the_blocks_and_refuse_a_real_dataset():
+    script = load_script(SCRIPT)
+    from hf_paper_models.tokenizers import get_tokenizer
+
+    tokenizer = get_tokenizer("byte_bpe", vocab_size=512)
+    plain, facts = (
+        script.build_datasets(script.DataArguments(block_size=32, max_documents=40, embedded_facts=n), tokenizer, 0)
+        for n in (0, 6)
+    )  # fmt: skip
+    text = tokenizer.decode([i for block in facts["validation"]["input_ids"] for i in block.tolist()])
+    assert len(facts["train"]) > len(plain["train"]) and "The mayor of" in text and " is known for its " in text
+    with pytest.raises(ValueError, match="embedded_facts"):
+        script.DataArguments(dataset="text", embedded_facts=3)
+    with pytest.raises(ValueError, match="embedded_facts"):
+        script.DataArguments(embedded_facts=-1)
+
+
 def test_bad_config_file_and_choice(tmp_path: Path):
     script = load_script(SCRIPT)
     bad_yaml = tmp_path / "bad.yaml"

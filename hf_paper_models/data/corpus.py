@@ -12,7 +12,9 @@ relies on every surface form having exactly one part of speech (checked when thi
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -708,17 +710,81 @@ def _documents(split: str, seed: int, n: int) -> tuple[str, ...]:
     return tuple(docs)
 
 
-def lm_corpus(num_documents: int | None = None, *, seed: int = 0, split: str = "train") -> list[str]:
+# --------------------------------------------------------------------------------------------
+# Facts: a long tail of towns, each with attributes fixed across the whole corpus (optional)
+# --------------------------------------------------------------------------------------------
+
+FACT_TOWNS = 20_000  # towns of the gazetteer
+FACT_ZIPF = 1.1  # a town's share of the facts ∝ 1 / rank^FACT_ZIPF
+_SYLLABLES = tuple("ba be bo da de di do fa fe ga go ka ke ko la le li lo ma me mi mo na ne ni no pa pe po ra "
+                   "re ri ro sa se so ta te to va ve vi".split())  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def gazetteer() -> tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]:
+    """The towns (two or three syllables, none a word of the grammar) and each one's attributes: the thing
+    it is known for, the animal its people keep and its mayor. Seeded, the same on every machine."""
+    rng = random.Random(1991)
+    words = set(vocabulary())
+    towns: list[str] = []
+    seen: set[str] = set()
+    while len(towns) < FACT_TOWNS:
+        name = "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 3))))
+        if name not in seen and name not in words:
+            seen.add(name)
+            towns.append(name.capitalize())
+    things, animals, people = CLASS_LEMMAS["things"], CLASS_LEMMAS["animals"], NAMES_FEMALE + NAMES_MALE
+    attributes = tuple((rng.choice(things), rng.choice(animals), rng.choice(people)) for _ in towns)
+    return tuple(towns), attributes
+
+
+@functools.lru_cache(maxsize=1)
+def _town_cumulative() -> tuple[float, ...]:
+    return tuple(itertools.accumulate(1.0 / (rank + 1) ** FACT_ZIPF for rank in range(FACT_TOWNS)))
+
+
+def fact(rng: random.Random) -> str:
+    """One sentence about a town drawn by its Zipf share: a third each "X is known for its T.", "In X
+    the people keep As.", "The mayor of X is N." (the attribute fixed per town)."""
+    towns, attributes = gazetteer()
+    cumulative = _town_cumulative()
+    i = min(bisect.bisect_left(cumulative, rng.random() * cumulative[-1]), FACT_TOWNS - 1)
+    town, (thing, animal, person) = towns[i], attributes[i]
+    kind = int(rng.random() * 3)
+    if kind == 0:
+        return f"{town} is known for its {thing}."
+    if kind == 1:
+        return f"In {town} the people keep {_PLURALS[animal]}."
+    return f"The mayor of {town} is {person}."
+
+
+@functools.lru_cache(maxsize=16)
+def _documents_with_facts(split: str, seed: int, n: int, facts: int) -> tuple[str, ...]:
+    rng = random.Random(_split_seed(seed, split) ^ 0x5EED)
+    return tuple(
+        f"{doc}\n\n{' '.join(fact(rng) for _ in range(rng.randint((facts + 1) // 2, facts)))}"
+        for doc in _documents(split, seed, n)
+    )
+
+
+def lm_corpus(
+    num_documents: int | None = None, *, seed: int = 0, split: str = "train", facts: int = 0
+) -> list[str]:
     """Documents of the embedded language-modelling corpus (about 3 MB for the default train split).
 
-    A smaller ``num_documents`` gives a prefix of the larger corpus with the same seed.
+    A smaller ``num_documents`` gives a prefix of the larger corpus with the same seed. ``facts > 0``
+    ends each document with a paragraph of ``ceil(facts / 2)`` to ``facts`` sentences from the
+    ``gazetteer``: knowledge in a long tail (a few towns common, most rare), the same in every split,
+    which a model can only hold in its parameters. The grammar's own text carries little to memorise.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     n = DEFAULT_NUM_DOCUMENTS[split] if num_documents is None else int(num_documents)
     if n < 0:
         raise ValueError(f"num_documents must be >= 0, got {num_documents}")
-    return list(_documents(split, seed, n))
+    if facts < 0:
+        raise ValueError(f"facts must be >= 0, got {facts}")
+    return list(_documents_with_facts(split, seed, n, facts) if facts else _documents(split, seed, n))
 
 
 def corpus_size_bytes(split: str = "train", num_documents: int | None = None, *, seed: int = 0) -> int:
