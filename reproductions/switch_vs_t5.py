@@ -112,6 +112,7 @@ class Settings:
     # data: the embedded corpus, 64-token corrupted inputs
     vocab_size: int = 2048
     max_documents: int = 2000
+    facts: int = 0  # > 0: each document ends with up to this many facts of the embedded gazetteer
     inputs_length: int = 64
     # optimisation, identical for both: AdamW, T5's inverse-square-root decay after a short warmup (§3.1.2
     # of the T5 paper; the Switch paper keeps T5's recipe), so that no end-of-schedule annealing bends
@@ -161,7 +162,7 @@ def recipe_argv(model: str, s: Settings, run_dir: Path, cache: Path) -> list[str
         "--warmup_steps", str(s.warmup_steps), "--max_steps", str(s.max_steps), "--eval_steps", str(s.eval_steps),
         "--max_eval_batches", str(s.max_eval_batches), "--logging_steps", str(s.logging_steps),
         "--save_steps", "0", "--save_total_limit", "1",
-    ]  # fmt: skip
+    ] + (["--embedded_facts", str(s.facts)] if s.facts else [])  # fmt: skip
 
 
 def steps_to_reach(curve: Sequence[Sequence[float]], target: float) -> float | None:

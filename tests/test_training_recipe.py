@@ -201,6 +201,12 @@ def test_embedded_facts_reach_the_blocks_and_refuse_a_real_dataset():
         script.DataArguments(dataset="text", embedded_facts=3)
     with pytest.raises(ValueError, match="embedded_facts"):
         script.DataArguments(embedded_facts=-1)
+    t5 = load_script(ROOT / "training" / "pretrain_t5.py")  # span corruption reads the same facts
+    t5_blocks = t5.build_datasets(t5.DataArguments(inputs_length=32, max_documents=40, embedded_facts=6), tokenizer, 0)
+    t5_text = tokenizer.decode([i for block in t5_blocks["validation"]["input_ids"] for i in block])
+    assert "The mayor of" in t5_text
+    with pytest.raises(ValueError, match="embedded_facts"):
+        t5.DataArguments(dataset="text", embedded_facts=3)
 
 
 def test_bad_config_file_and_choice(tmp_path: Path):
