@@ -141,6 +141,33 @@ def test_command_line_on_a_saved_chat_model(tmp_path, capsys):
         == report["new_phrasings"]["n"]
         > 0
     )
-    for name in ("new_phrasings", "demonstration_phrasings"):
-        assert 0.0 <= report[name]["followed_with_system"] <= 1.0
     assert "answer_prefix" in capsys.readouterr().out
+    # the same evaluation with an independent responder: a plain greedy loop over full forwards, one
+    # prompt at a time (no batching, padding or cache), through the saved tokenizer's chat template
+    from transformers import AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    saved = AutoTokenizer.from_pretrained(tmp_path / "model")
+
+    def greedy(prompts):
+        replies = []
+        for messages in prompts:
+            ids = list(saved.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+            new = []
+            with torch.no_grad():
+                for _ in range(4):
+                    token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+                    if token == saved.eos_token_id:
+                        break
+                    new.append(token)
+            replies.append(saved.decode(new, skip_special_tokens=True).strip())
+        return replies
+
+    tasks = make_tasks(5, "heldout", seed=0)
+    for name, styles in (("new_phrasings", STYLES), ("demonstration_phrasings", DEMONSTRATION_STYLES)):
+        want = evaluate_steerability(greedy, tasks, styles)
+        assert report[name]["samples"] == want["samples"]  # the same prompts, the same replies
+        assert any(sample["with_system"] for sample in want["samples"])
+        for key in ("n", "followed_with_system", "followed_without_system", "correct_with_system",
+                    "correct_without_system"):  # fmt: skip
+            assert report[name][key] == want[key], (name, key)
