@@ -12,7 +12,6 @@ relies on every surface form having exactly one part of speech (checked when thi
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 import random
@@ -748,7 +747,7 @@ def fact(rng: random.Random) -> str:
     the people keep As.", "The mayor of X is N." (the attribute fixed per town)."""
     towns, attributes = gazetteer()
     cumulative = _town_cumulative()
-    i = min(bisect.bisect_left(cumulative, rng.random() * cumulative[-1]), FACT_TOWNS - 1)
+    (i,) = rng.choices(range(FACT_TOWNS), cum_weights=cumulative)
     town, (thing, animal, person) = towns[i], attributes[i]
     kind = int(rng.random() * 3)
     if kind == 0:

@@ -21,7 +21,8 @@ where the device has it, else a loop over the experts' slices): no Python loop o
 ``experts × tokens`` one-hot tensors, and the FLOPs are those of the kept tokens only, so the cost stays
 near a dense FFN of the same active FLOPs however many experts there are. On the CPU (eager) each
 expert is one matmul into memory reused from the previous step once it is free (``_reusable_empty``:
-the projections' outputs, input gradients and stacked weight gradients), and a ReLU runs in place
+the projections' outputs, input gradients and stacked weight gradients, and the dispatch's permuted
+input, combined output and their gradients), and a ReLU runs in place
 both ways: mapping those large tensors afresh every step cost more page-fault time than the experts'
 matmuls spent over a dense FFN's.
 
