@@ -485,6 +485,88 @@ def test_reused_dispatch_memory_never_overwrites_a_live_tensor(k):
         torch.testing.assert_close(g, w)
 
 
+@pytest.fixture
+def two_intra_op_threads(monkeypatch):
+    """The caller has 2 intra-op threads and every layer is big enough for the expert threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(moe, "_PARALLEL_MIN_MACS", 0)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_expert_threads_give_a_per_token_loop_result(two_intra_op_threads, monkeypatch):
+    """Experts split over worker threads (small matmuls, several intra-op threads): outputs and every
+    gradient as a per-token loop's, with an empty expert in the middle; the workers ran the matmuls
+    single-threaded and the caller's thread count is untouched."""
+    import threading
+
+    ran_on = []
+    real_for_each = moe._for_each_expert
+
+    def spy(ends, macs_per_row, body):
+        def recording(expert, start, end):
+            ran_on.append((threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled()))
+            body(expert, start, end)
+
+        real_for_each(ends, macs_per_row, recording)
+
+    monkeypatch.setattr(moe, "_for_each_expert", spy)
+    torch.manual_seed(0)
+    experts = moe.Experts(6, 5, 7, torch.nn.ReLU())
+    for weight in (experts.wi, experts.wo):
+        torch.nn.init.normal_(weight)
+    x = torch.randn(40, 5, requires_grad=True)
+    index = torch.randint(0, 6, (40, 1))
+    index[index == 3] = 4  # expert 3 gets nothing
+    weights = torch.rand(40, 1, requires_grad=True)
+    keep = torch.ones(40, 1, dtype=torch.bool)
+    out = moe.dispatch(x, index, weights, keep, experts)
+    expected = torch.stack([weights[t, 0] * (torch.relu(x[t] @ experts.wi[int(index[t, 0])])
+                                             @ experts.wo[int(index[t, 0])]) for t in range(40)])  # fmt: skip
+    torch.testing.assert_close(out, expected)
+    got = torch.autograd.grad(out.square().sum(), (x, weights, experts.wi, experts.wo))
+    want = torch.autograd.grad(expected.square().sum(), (x, weights, experts.wi, experts.wo))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    assert got[2][3].abs().sum() == 0 and got[3][3].abs().sum() == 0  # the empty expert's gradient is zero
+    workers = {ident for ident, _, _ in ran_on}
+    assert threading.get_ident() not in workers and len(workers) == 2
+    assert all(count == 1 and not grad for _, count, grad in ran_on)
+    assert torch.get_num_threads() == 2
+    seen = []
+    fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    fresh.start()
+    fresh.join()
+    assert seen == [2]  # a thread started afterwards takes the caller's count, not the workers' 1
+
+
+def test_expert_threads_pass_on_an_error_and_survive_a_fork(two_intra_op_threads):
+    """A failure inside a worker reaches the caller; a forked child (a DataLoader worker, say) runs the
+    layer on fresh expert threads instead of waiting on its parent's, which it does not have."""
+    import multiprocessing
+
+    def failing(expert, start, end):
+        if expert == 3:
+            raise RuntimeError("expert 3 failed")
+
+    with pytest.raises(RuntimeError, match="expert 3 failed"):
+        moe._for_each_expert([10, 20, 30, 40], 1, failing)
+    moe._for_each_expert([10, 20, 30, 40], 1, lambda *args: None)  # the pool exists in the parent
+    assert moe._WORKERS["pool"] is not None
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        assert pool.apply_async(_threaded_rows_in_child).get(timeout=60) == [[0, 10], [10, 20], [20, 30], [30, 40]]
+
+
+def _threaded_rows_in_child():
+    torch.set_num_threads(2)
+    rows = []
+    moe._PARALLEL_MIN_MACS = 0
+    moe._for_each_expert([10, 20, 30, 40], 1, lambda expert, start, end: rows.append([start, end]))
+    return sorted(rows)
+
+
 @pytest.mark.parametrize("where", ["module", "global", "global-backward"])
 def test_a_hooked_activation_module_still_runs(where):
     """The CPU path's in-place ReLU stands in for ``experts.act`` only while nothing is hooked on it:
