@@ -53,6 +53,23 @@ errors 9.49% (80 × 3), 18.31% (96 × 4), 22.44% (112 × 4): it does NOT hold. T
 (2.995 / 2.949 / 2.938) near the embedded grammar's entropy floor, which the ladder never approaches,
 so the fit cannot find the irreducible term (the model card discusses it).
 
+**Knee design (set down and committed 2026-12-06 before any of its runs).** Read after the held-out
+study (not a test): its runs' losses minus ~2.9 fall as one power law (local exponents -0.4 to -0.6)
+from 2e11 to 4.4e13 FLOPs; the ladder missed because all of it lay below ~8e11, where the bend towards
+the floor has not begun. Fitting that study's own runs from 1e11 or 2e11 up to 6.6e12 FLOPs puts c at
+2.82 or 2.89 and predicts its 4.4e13 target (measured 2.938) at 2.868 or 2.911. So this design keeps
+the held-out recipe unchanged (20 tokens per non-embedding parameter, batch and steps ∝ sqrt(tokens)
+anchored at the target's 3,000 steps, head width 16, 256 validation blocks) and moves the whole study
+one size up, so that its ladder reaches into the bend: target 144 × 4 (about 1.0M non-embedding
+parameters, 20M tokens, about 1.2e14 FLOPs), nine rungs at 1/1000-1/30 of it (1.2e11-4.0e12 FLOPs,
+widths 32-64), two seeds each, the corpus grown to 150,000 documents (no run sees an epoch), 2 CPU
+threads. Rule, fixed with it: the claim holds when the target's error is at most 3%; the prediction
+is written to ``prediction.json`` before the target trains. Run as::
+
+    python reproductions/gpt4_scaling.py --output-dir reproductions/results/gpt4_scaling_knee --set \
+        target_hidden=144 target_layers=4 tokens_per_parameter=20 equal_steps=3000 batch_exponent=0.5 \
+        rung_seeds=2 eval_blocks=256 max_documents=150000
+
 ``--ladder-only`` trains and fits a design's ladder alone (``ladder.json``; no target, no prediction):
 four such ladders (``results/gpt4_scaling_ladders/``) all bend down, so their fits too put c at 0.
 
