@@ -24,7 +24,8 @@ expert is one matmul into memory reused from the previous step once it is free (
 the projections' outputs, input gradients and stacked weight gradients, and the dispatch's permuted
 input, combined output and their gradients), and a ReLU runs in place
 both ways: mapping those large tensors afresh every step cost more page-fault time than the experts'
-matmuls spent over a dense FFN's.
+matmuls spent over a dense FFN's. With several intra-op threads, small experts' matmuls are split over
+single-threaded worker threads (``_for_each_expert``) instead of each being shared by the whole team.
 
 Hub-exportable: only the standard library and ``torch``.
 """
