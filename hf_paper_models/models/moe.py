@@ -254,6 +254,9 @@ def _for_each_expert(ends: list[int], macs_per_row: int, body) -> None:
         workers < 2
         or not _PARALLEL_MIN_MACS <= macs <= _PARALLEL_MAX_MACS_PER_EXPERT * busy
         or threading.get_ident() in _WORKER_IDENTS
+        # a torch function or dispatch mode (a FLOP counter, a tracer) sees only its own thread's ops
+        or torch._C._len_torch_function_stack()
+        or torch._C._len_torch_dispatch_stack()
     ):
         start = 0
         for expert, end in enumerate(ends):
@@ -267,8 +270,12 @@ def _for_each_expert(ends: list[int], macs_per_row: int, body) -> None:
             cuts.append(expert + 1)
     cuts.append(len(ends))
 
+    # grad and inference mode are per thread: a worker starts with grad on and outside inference mode,
+    # where writing into the caller's inference tensors would fail
+    inference = torch.is_inference_mode_enabled()
+
     def run(first: int, last: int) -> None:
-        with torch.no_grad():  # the caller's grad mode is its own thread's: a worker starts with grad on
+        with torch.inference_mode(inference), torch.no_grad():
             start = ends[first - 1] if first else 0
             for expert in range(first, last):
                 body(expert, start, ends[expert])

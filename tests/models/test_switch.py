@@ -559,6 +559,27 @@ def test_expert_threads_pass_on_an_error_and_survive_a_fork(two_intra_op_threads
         assert pool.apply_async(_threaded_rows_in_child).get(timeout=60) == [[0, 10], [10, 20], [20, 30], [30, 40]]
 
 
+def test_expert_threads_under_inference_mode_and_a_flop_counter(two_intra_op_threads):
+    """Inference mode reaches the workers (they write into the caller's inference tensors), and a
+    FLOP counter, which sees only its own thread's operations, gets every matmul counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    experts = moe.Experts(6, 5, 7, torch.nn.ReLU())
+    for weight in (experts.wi, experts.wo):
+        torch.nn.init.normal_(weight)
+    rows = [8, 6, 0, 10, 9, 7]
+    offsets = torch.tensor(rows, dtype=torch.int32).cumsum(0)
+    owner = torch.repeat_interleave(torch.arange(6), torch.tensor(rows))
+    x = torch.randn(40, 5)
+    expected = torch.stack([torch.relu(x[t] @ experts.wi[owner[t]]) @ experts.wo[owner[t]] for t in range(40)])
+    with torch.inference_mode():
+        torch.testing.assert_close(experts(x, offsets), expected)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        experts(x, offsets)
+    assert counter.get_total_flops() == 2 * (40 * 5 * 7) * 2  # two projections, 2 FLOPs a multiply-add
+
+
 def _threaded_rows_in_child():
     torch.set_num_threads(2)
     rows = []
