@@ -196,8 +196,9 @@ _BUFFERS: dict[tuple[int, str], tuple[weakref.ref, torch.UntypedStorage]] = {}
 # threads and the experts' matmuls are small, the experts are split into that many contiguous groups of
 # about equal rows, each run in order by a worker thread doing single-threaded matmuls; the caller
 # waits. Measured on 2 cores (d_model 512, d_ff 2048, 4,096 tokens, the layer's forward + backward over
-# a dense FFN's): 256 experts 1.46x -> 1.23x, 128 experts 1.55x -> 1.42x, 64 experts 1.23x -> 1.20x;
-# at 32 experts and fewer (128 rows an expert and more) the split was slower, so it is not used there.
+# a dense FFN's, same-process A/B runs): 64 experts 1.22-1.41x -> 1.11-1.20x, 256 experts 1.46-1.71x ->
+# 1.13-1.32x; at 32 experts and fewer (128 rows an expert and more) the split was no faster, so it is
+# not used there.
 _WORKERS: dict[str, Any] = {"pool": None, "size": 0}
 _WORKER_IDENTS: set[int] = set()
 _WORKERS_LOCK = threading.Lock()
@@ -209,7 +210,7 @@ def _start_worker(ready: threading.Barrier) -> None:
     torch.get_num_threads()  # ATen sets a thread's count on its first use: settle it, then lower it
     torch.set_num_threads(1)
     _WORKER_IDENTS.add(threading.get_ident())
-    ready.wait()  # every worker is started (and single-threaded) before the pool is used
+    ready.wait(timeout=60)  # every worker is started (and single-threaded) before the pool is used
 
 
 def _worker_pool(size: int) -> ThreadPoolExecutor:
@@ -218,13 +219,14 @@ def _worker_pool(size: int) -> ThreadPoolExecutor:
             caller = torch.get_num_threads()
             if _WORKERS["pool"] is not None:
                 _WORKERS["pool"].shutdown(wait=True)
+                _WORKER_IDENTS.clear()  # its threads have ended
             ready = threading.Barrier(size + 1)
             pool = ThreadPoolExecutor(
                 size, thread_name_prefix="hf_paper_models-experts", initializer=_start_worker, initargs=(ready,)
             )
             for _ in range(size):
                 pool.submit(int)  # each submit starts a thread while fewer than `size` run
-            ready.wait()
+            ready.wait(timeout=60)  # a worker that failed to start breaks the barrier: an error, not a hang
             # set_num_threads also set the count that threads starting from now on take: the caller's again
             torch.set_num_threads(caller)
             _WORKERS.update(pool=pool, size=size)
