@@ -31,3 +31,25 @@ def _fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+@pytest.fixture
+def greedy_chat_reply():
+    """An independent reference responder: ``reply(model, tokenizer, messages, max_new_tokens)`` runs a
+    plain argmax loop of full forwards over one prompt (no batching, padding or cache) from the
+    tokenizer's chat template, cut at the first end-of-sequence token, and decodes what it produced."""
+    import torch
+
+    def reply(model, tokenizer, messages, max_new_tokens: int) -> str:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        new: list[int] = []
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+                if token == tokenizer.eos_token_id:
+                    break
+                new.append(token)
+        return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    return reply

@@ -42,7 +42,7 @@ def tiny_chat_model():
     return PaperGPT2LMHeadModel(config).eval(), tok
 
 
-def test_greedy_responses_equal_an_argmax_loop_over_full_forwards(tiny_chat_model):
+def test_greedy_responses_equal_an_argmax_loop_over_full_forwards(tiny_chat_model, greedy_chat_reply):
     """Batched, left-padded, cached generation gives each prompt what a plain loop of full forwards
     (no padding, no cache) gives it alone, cut at the first end-of-turn token."""
     model, tok = tiny_chat_model
@@ -52,16 +52,7 @@ def test_greedy_responses_equal_an_argmax_loop_over_full_forwards(tiny_chat_mode
     ]
     got = generate_responses(model, tok, prompts, max_new_tokens=12, do_sample=False)
     for prompt, response in zip(prompts, got):
-        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        new = []
-        with torch.no_grad():
-            for _ in range(12):
-                token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
-                if token == tok.eos_token_id:
-                    break
-                new.append(token)
-        assert response == tok.decode(new, skip_special_tokens=True).strip()
+        assert response == greedy_chat_reply(model, tok, prompt, 12)
 
 
 def test_generation_refuses_prompts_beyond_the_context(tiny_chat_model):

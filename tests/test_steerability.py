@@ -108,7 +108,7 @@ def test_demonstration_styles_are_the_phrases_of_the_embedded_demonstrations():
     assert [s.constraints for s in DEMONSTRATION_STYLES] == [s.constraints for s in STYLES]
 
 
-def test_command_line_on_a_saved_chat_model(tmp_path, capsys):
+def test_command_line_on_a_saved_chat_model(tmp_path, capsys, greedy_chat_reply):
     import json
 
     import torch
@@ -150,18 +150,7 @@ def test_command_line_on_a_saved_chat_model(tmp_path, capsys):
     saved = AutoTokenizer.from_pretrained(tmp_path / "model")
 
     def greedy(prompts):
-        replies = []
-        for messages in prompts:
-            ids = list(saved.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
-            new = []
-            with torch.no_grad():
-                for _ in range(4):
-                    token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
-                    if token == saved.eos_token_id:
-                        break
-                    new.append(token)
-            replies.append(saved.decode(new, skip_special_tokens=True).strip())
-        return replies
+        return [greedy_chat_reply(model, saved, messages, 4) for messages in prompts]
 
     tasks = make_tasks(5, "heldout", seed=0)
     for name, styles in (("new_phrasings", STYLES), ("demonstration_phrasings", DEMONSTRATION_STYLES)):

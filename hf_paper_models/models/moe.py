@@ -200,7 +200,6 @@ _BUFFERS: dict[tuple[int, str], tuple[weakref.ref, torch.UntypedStorage]] = {}
 # 1.13-1.32x; at 32 experts and fewer (128 rows an expert and more) the split was no faster, so it is
 # not used there.
 _WORKERS: dict[str, Any] = {"pool": None, "size": 0}
-_WORKER_IDENTS: set[int] = set()
 _WORKERS_LOCK = threading.Lock()
 _PARALLEL_MIN_MACS = 1 << 24  # a layer's matmuls smaller than this are not worth handing over
 _PARALLEL_MAX_MACS_PER_EXPERT = 96 << 20  # one expert's matmul above this runs well on the intra-op threads
@@ -209,7 +208,6 @@ _PARALLEL_MAX_MACS_PER_EXPERT = 96 << 20  # one expert's matmul above this runs 
 def _start_worker(ready: threading.Barrier) -> None:
     torch.get_num_threads()  # ATen sets a thread's count on its first use: settle it, then lower it
     torch.set_num_threads(1)
-    _WORKER_IDENTS.add(threading.get_ident())
     ready.wait(timeout=60)  # every worker is started (and single-threaded) before the pool is used
 
 
@@ -219,7 +217,6 @@ def _worker_pool(size: int) -> ThreadPoolExecutor:
             caller = torch.get_num_threads()
             if _WORKERS["pool"] is not None:
                 _WORKERS["pool"].shutdown(wait=True)
-                _WORKER_IDENTS.clear()  # its threads have ended
             ready = threading.Barrier(size + 1)
             pool = ThreadPoolExecutor(
                 size, thread_name_prefix="hf_paper_models-experts", initializer=_start_worker, initargs=(ready,)
@@ -235,7 +232,6 @@ def _worker_pool(size: int) -> ThreadPoolExecutor:
 
 def _forget_workers() -> None:  # a forked child has none of the parent's threads
     _WORKERS.update(pool=None, size=0)
-    _WORKER_IDENTS.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -255,7 +251,6 @@ def _for_each_expert(ends: list[int], macs_per_row: int, body) -> None:
     if (
         workers < 2
         or not _PARALLEL_MIN_MACS <= macs <= _PARALLEL_MAX_MACS_PER_EXPERT * busy
-        or threading.get_ident() in _WORKER_IDENTS
         # a torch function or dispatch mode (a FLOP counter, a tracer) sees only its own thread's ops
         or torch._C._len_torch_function_stack()
         or torch._C._len_torch_dispatch_stack()
