@@ -51,6 +51,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
+from hf_paper_models.data.corpus import FACT_TOWNS, FACT_ZIPF
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -771,6 +773,44 @@ class PresetArguments:
         """The size fields that were set, then ``model_overrides`` on top."""
         values = {k: getattr(self, k) for k in self.OVERRIDE_FIELDS if getattr(self, k) is not None}
         return {**values, **(self.model_overrides or {})}
+
+
+@dataclass
+class EmbeddedFactsArguments:
+    """The gazetteer facts the embedded corpus can carry (``hf_paper_models.data.lm_corpus``), shared by
+    the recipes' ``DataArguments`` (which have a ``dataset`` field and call ``check_embedded_facts``)."""
+
+    embedded_facts: int = field(
+        default=0,
+        metadata={"help": "The embedded corpus only: end each document with up to N facts about the "
+                          "gazetteer's long tail of towns (0: none)."},
+    )
+    embedded_fact_towns: int = field(
+        default=FACT_TOWNS, metadata={"help": f"Facts about the gazetteer's first N towns only (at most {FACT_TOWNS})."}
+    )
+    embedded_fact_zipf: float = field(
+        default=FACT_ZIPF, metadata={"help": "A town's share of the facts ∝ rank^-s (0: every town equally often)."}
+    )
+
+    def check_embedded_facts(self) -> None:
+        name = type(self).__name__
+        if self.embedded_facts < 0:
+            raise ValueError(f"{name}: `embedded_facts` must be >= 0, got {self.embedded_facts}.")
+        if self.embedded_facts and self.dataset != "embedded":
+            raise ValueError(
+                f"{name}: `embedded_facts` adds to the embedded corpus only, not to dataset={self.dataset!r}."
+            )
+        if not 1 <= self.embedded_fact_towns <= FACT_TOWNS:
+            raise ValueError(f"{name}: `embedded_fact_towns` must be 1 to {FACT_TOWNS}, got {self.embedded_fact_towns}.")
+        if not (self.embedded_fact_zipf >= 0 and math.isfinite(self.embedded_fact_zipf)):
+            raise ValueError(f"{name}: `embedded_fact_zipf` must be a finite number >= 0, got {self.embedded_fact_zipf}.")
+
+    def embedded_corpus(self, split: str, num_documents: int | None) -> Any:
+        """The embedded corpus's ``split`` as a ``datasets.Dataset``, with these facts."""
+        from hf_paper_models.data import lm_dataset
+
+        return lm_dataset(split, num_documents=num_documents, facts=self.embedded_facts,
+                          fact_towns=self.embedded_fact_towns, fact_zipf=self.embedded_fact_zipf)  # fmt: skip
 
 
 def routing_metrics(out: Any) -> dict[str, torch.Tensor]:

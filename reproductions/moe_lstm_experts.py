@@ -96,6 +96,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hf_paper_models.data.corpus import FACT_TOWNS, FACT_ZIPF  # noqa: E402
 from reproductions.common import (
     Timer,
     add_set_option,
@@ -148,6 +149,8 @@ class Settings:
     # > 0: each document ends with up to this many facts from the embedded gazetteer (a long tail of towns
     # with fixed attributes: knowledge to hold in parameters, which the grammar alone barely has)
     facts: int = 0
+    fact_towns: int = FACT_TOWNS  # the facts name the gazetteer's first N towns
+    fact_zipf: float = FACT_ZIPF  # a town's share ∝ rank^-fact_zipf (0: equal shares)
     eval_steps: int = 100
     logging_steps: int = 10
     eval_batch_size: int = 32
@@ -218,7 +221,8 @@ def recipe_argv(spec: dict, s: Settings, run_dir: Path, cache: Path) -> list[str
     if s.max_documents > 0:
         argv += ["--max_documents", str(s.max_documents)]
     if s.facts > 0:
-        argv += ["--embedded_facts", str(s.facts)]
+        argv += ["--embedded_facts", str(s.facts), "--embedded_fact_towns", str(s.fact_towns),
+                 "--embedded_fact_zipf", str(s.fact_zipf)]  # fmt: skip
     return argv
 
 
@@ -310,7 +314,8 @@ def train_one(recipe, spec: dict, s: Settings, runs: Path, cache: Path) -> dict:
     config = model.config
     tokenizer = AutoTokenizer.from_pretrained(final)
     data_args = recipe.DataArguments(block_size=s.block_size, max_documents=s.max_documents or None,
-                                     embedded_facts=s.facts)  # fmt: skip
+                                     embedded_facts=s.facts, embedded_fact_towns=s.fact_towns,
+                                     embedded_fact_zipf=s.fact_zipf)  # fmt: skip
     blocks = recipe.build_datasets(data_args, tokenizer, s.seed)["validation"]
     if s.validation_blocks:
         blocks = blocks.select(range(min(s.validation_blocks, len(blocks))))

@@ -108,6 +108,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hf_paper_models.data.corpus import FACT_TOWNS, FACT_ZIPF  # noqa: E402
 from hf_paper_models.models.switch import is_sparse_layer  # noqa: E402
 from reproductions.common import (  # noqa: E402
     Timer,
@@ -166,6 +167,8 @@ class Settings:
     vocab_size: int = 2048
     max_documents: int = 2000
     facts: int = 0  # > 0: each document ends with up to this many facts of the embedded gazetteer
+    fact_towns: int = FACT_TOWNS  # ... about its first N towns
+    fact_zipf: float = FACT_ZIPF  # ... a town's share ∝ rank^-fact_zipf (0: equal shares)
     inputs_length: int = 64
     # optimisation, identical for both: AdamW, T5's inverse-square-root decay after a short warmup (§3.1.2
     # of the T5 paper; the Switch paper keeps T5's recipe), so that no end-of-schedule annealing bends
@@ -215,7 +218,8 @@ def recipe_argv(model: str, s: Settings, run_dir: Path, cache: Path) -> list[str
         "--warmup_steps", str(s.warmup_steps), "--max_steps", str(s.max_steps), "--eval_steps", str(s.eval_steps),
         "--max_eval_batches", str(s.max_eval_batches), "--logging_steps", str(s.logging_steps),
         "--save_steps", "0", "--save_total_limit", "1",
-    ] + (["--embedded_facts", str(s.facts)] if s.facts else [])  # fmt: skip
+    ] + (["--embedded_facts", str(s.facts), "--embedded_fact_towns", str(s.fact_towns),
+          "--embedded_fact_zipf", str(s.fact_zipf)] if s.facts else [])  # fmt: skip
 
 
 def steps_to_reach(curve: Sequence[Sequence[float]], target: float) -> float | None:

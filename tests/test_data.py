@@ -153,6 +153,29 @@ def test_facts_are_a_fixed_long_tail_appended_to_the_grammar_documents():
         lm_corpus(3, facts=-1)
 
 
+def test_facts_can_keep_to_the_first_towns_in_equal_shares():
+    towns, attributes = corpus_mod.gazetteer()
+    index = {t: i for i, t in enumerate(towns)}
+    pattern = re.compile(r"(?:The mayor of (\w+) is|In (\w+) the people|(\w+) is known for)")
+    counts: Counter[int] = Counter()
+    for doc in lm_corpus(2000, facts=8, fact_towns=40, fact_zipf=0):
+        paragraph = doc.rpartition("\n\n")[2]
+        for match in pattern.finditer(paragraph):
+            counts[index[next(g for g in match.groups() if g)]] += 1
+    assert set(counts) == set(range(40))  # the first 40 towns, every one of them
+    total = sum(counts.values())  # about 12,000 facts: each town's share 1/40 (binomial sd about 5%)
+    assert all(abs(c / total - 1 / 40) < 0.25 / 40 for c in counts.values())
+    skewed = Counter()  # s = 2 over 40 towns: town 1 takes 1 / sum_r r^-2 of the facts (about 62%)
+    for doc in lm_corpus(600, facts=8, fact_towns=40, fact_zipf=2.0):
+        skewed.update(index[next(g for g in m.groups() if g)] for m in pattern.finditer(doc.rpartition("\n\n")[2]))
+    harmonic = sum((r + 1) ** -2.0 for r in range(40))
+    assert skewed[0] / sum(skewed.values()) == pytest.approx(1 / harmonic, rel=0.05)
+    for bad in ({"fact_towns": 0}, {"fact_towns": corpus_mod.FACT_TOWNS + 1}, {"fact_zipf": -0.5},
+                {"fact_zipf": float("nan")}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            lm_corpus(3, facts=4, **bad)
+
+
 def test_parallel_corpus_is_deterministic():
     first = parallel_corpus("validation")
     parallel_mod._pairs.cache_clear()

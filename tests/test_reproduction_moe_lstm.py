@@ -80,3 +80,24 @@ def test_moe_lstm_experts_smoke(tmp_path):
     assert data["holds"] == (monotone and ppl[-1] < base["validation_perplexity"])
     print("MoE-LSTM smoke (too small to learn): perplexity", {m["label"]: round(m["validation_perplexity"], 2)
                                                              for m in models}, "claim holds:", data["holds"])  # fmt: skip
+
+
+def test_the_facts_settings_reach_both_recipes(tmp_path):
+    """The reproductions' ``facts`` / ``fact_towns`` / ``fact_zipf`` settings arrive in the recipes'
+    DataArguments (a setting the recipe silently ignored would train on another corpus than reported)."""
+    from hf_paper_models.training_utils import parse_args
+    from reproductions import switch_vs_t5
+    from reproductions.common import load_script
+
+    cases = (
+        (moe_lstm_experts, "pretrain_lm.py",
+         lambda s: moe_lstm_experts.recipe_argv(moe_lstm_experts.model_specs(s)[0], s, tmp_path, tmp_path)),
+        (switch_vs_t5, "pretrain_t5.py", lambda s: switch_vs_t5.recipe_argv("switch", s, tmp_path, tmp_path)),
+    )  # fmt: skip
+    for module, recipe_file, argv_of in cases:
+        recipe = load_script(moe_lstm_experts.ROOT / "training" / recipe_file)
+        types = [recipe.TrainingLoopArguments, recipe.ModelArguments, recipe.DataArguments]
+        data = parse_args(types, argv_of(module.Settings(facts=12, fact_towns=5000, fact_zipf=0.0)))[2]
+        assert (data.embedded_facts, data.embedded_fact_towns, data.embedded_fact_zipf) == (12, 5000, 0.0)
+        data = parse_args(types, argv_of(module.Settings()))[2]  # no facts unless asked
+        assert data.embedded_facts == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -207,6 +208,19 @@ def test_embedded_facts_reach_the_blocks_and_refuse_a_real_dataset():
     assert "The mayor of" in t5_text
     with pytest.raises(ValueError, match="embedded_facts"):
         t5.DataArguments(dataset="text", embedded_facts=3)
+    # the gazetteer's first towns in equal shares: only those towns are named
+    from hf_paper_models.data.corpus import gazetteer
+
+    towns = gazetteer()[0]
+    for module, args in ((script, {"block_size": 32}), (t5, {"inputs_length": 32})):
+        few = module.DataArguments(max_documents=40, embedded_facts=6, embedded_fact_towns=3, embedded_fact_zipf=0.0,
+                                   **args)  # fmt: skip
+        blocks = module.build_datasets(few, tokenizer, 0)["validation"]["input_ids"]
+        named = set(re.findall(r"The mayor of (\w+) is", tokenizer.decode([int(i) for b in blocks for i in b])))
+        assert named and named <= set(towns[:3])
+        for bad in ({"embedded_fact_towns": 0}, {"embedded_fact_zipf": -1.0}):
+            with pytest.raises(ValueError, match=next(iter(bad))):
+                module.DataArguments(embedded_facts=3, **bad)
 
 
 def test_bad_config_file_and_choice(tmp_path: Path):

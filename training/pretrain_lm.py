@@ -37,6 +37,7 @@ from transformers import (
 
 from hf_paper_models import PRESETS, preset
 from hf_paper_models.training_utils import (
+    EmbeddedFactsArguments,
     PresetArguments,
     TrainingLoopArguments,
     flat_config,
@@ -83,7 +84,7 @@ class ModelArguments(PresetArguments):
 
 
 @dataclass
-class DataArguments:
+class DataArguments(EmbeddedFactsArguments):
     dataset: str = field(
         default="embedded",
         metadata={
@@ -98,19 +99,9 @@ class DataArguments:
     max_documents: int | None = field(
         default=None, metadata={"help": "Use only the first N documents per split."}
     )
-    embedded_facts: int = field(
-        default=0,
-        metadata={"help": "The embedded corpus only: end each document with up to N facts about the "
-                          "gazetteer's long tail of towns (0: none)."},
-    )
 
     def __post_init__(self) -> None:
-        if self.embedded_facts < 0:
-            raise ValueError(f"DataArguments: `embedded_facts` must be >= 0, got {self.embedded_facts}.")
-        if self.embedded_facts and self.dataset != "embedded":
-            raise ValueError(
-                f"DataArguments: `embedded_facts` adds to the embedded corpus only, not to dataset={self.dataset!r}."
-            )
+        self.check_embedded_facts()
         if self.block_size < 2:
             raise ValueError(f"DataArguments: `block_size` must be >= 2, got {self.block_size}.")
         if self.max_documents is not None and self.max_documents < 1:
@@ -173,10 +164,8 @@ def build_datasets(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase,
     and chunk into ``block_size`` blocks."""
 
     def embedded(split: str) -> Any:
-        from hf_paper_models.data import lm_dataset
-
         # generated, so only what's used
-        return lm_dataset(split, num_documents=data_args.max_documents, facts=data_args.embedded_facts)
+        return data_args.embedded_corpus(split, data_args.max_documents)
 
     raw = load_text_dataset(
         data_args.dataset,

@@ -62,6 +62,7 @@ from hf_paper_models.data.span_corruption import (
     translation_prefix,
 )
 from hf_paper_models.training_utils import (
+    EmbeddedFactsArguments,
     PresetArguments,
     TrainingLoopArguments,
     flat_config,
@@ -111,7 +112,7 @@ class ModelArguments(PresetArguments):
 
 
 @dataclass
-class DataArguments:
+class DataArguments(EmbeddedFactsArguments):
     dataset: str = field(
         default="embedded",
         metadata={
@@ -130,18 +131,9 @@ class DataArguments:
     max_documents: int | None = field(
         default=None, metadata={"help": "Use only the first N documents per split."}
     )
-    embedded_facts: int = field(
-        default=0,
-        metadata={"help": "The embedded corpus only: end each document with up to N facts about the "
-                          "gazetteer's long tail of towns (0: none)."},
-    )
 
     def __post_init__(self) -> None:
-        if self.embedded_facts < 0 or (self.embedded_facts and self.dataset != "embedded"):
-            raise ValueError(
-                f"DataArguments: `embedded_facts` ({self.embedded_facts}) must be >= 0 and adds to the "
-                f"embedded corpus only (dataset={self.dataset!r})."
-            )
+        self.check_embedded_facts()
         if self.inputs_length < 8:
             raise ValueError(f"DataArguments: `inputs_length` must be >= 8, got {self.inputs_length}.")
         if not 0.0 < self.noise_density < 1.0:
@@ -234,9 +226,7 @@ def build_datasets(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase,
     blocks of raw tokens."""
 
     def embedded(split: str) -> Any:
-        from hf_paper_models.data import lm_dataset
-
-        return lm_dataset(split, num_documents=data_args.max_documents, facts=data_args.embedded_facts)
+        return data_args.embedded_corpus(split, data_args.max_documents)
 
     raw = load_text_dataset(
         data_args.dataset,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -737,18 +738,18 @@ def gazetteer() -> tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]:
     return tuple(towns), attributes
 
 
-@functools.lru_cache(maxsize=1)
-def _town_cumulative() -> tuple[float, ...]:
-    return tuple(itertools.accumulate(1.0 / (rank + 1) ** FACT_ZIPF for rank in range(FACT_TOWNS)))
+@functools.lru_cache(maxsize=4)
+def _town_cumulative(num_towns: int, zipf: float) -> tuple[float, ...]:
+    return tuple(itertools.accumulate(1.0 / (rank + 1) ** zipf for rank in range(num_towns)))
 
 
-def fact(rng: random.Random) -> str:
-    """One sentence about a town drawn by its Zipf share: a third each "X is known for its T.", "In X
-    the people keep As.", "The mayor of X is N." (the attribute fixed per town)."""
-    towns, attributes = gazetteer()
-    cumulative = _town_cumulative()
-    (i,) = rng.choices(range(FACT_TOWNS), cum_weights=cumulative)
-    town, (thing, animal, person) = towns[i], attributes[i]
+def fact(rng: random.Random, towns: int = FACT_TOWNS, zipf: float = FACT_ZIPF) -> str:
+    """One sentence about one of the gazetteer's first ``towns`` towns, drawn by its Zipf share
+    (∝ rank^-zipf; 0: uniform): a third each "X is known for its T.", "In X the people keep As.",
+    "The mayor of X is N." (the attribute fixed per town)."""
+    names, attributes = gazetteer()
+    (i,) = rng.choices(range(towns), cum_weights=_town_cumulative(towns, zipf))
+    town, (thing, animal, person) = names[i], attributes[i]
     kind = int(rng.random() * 3)
     if kind == 0:
         return f"{town} is known for its {thing}."
@@ -758,16 +759,22 @@ def fact(rng: random.Random) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _documents_with_facts(split: str, seed: int, n: int, facts: int) -> tuple[str, ...]:
+def _documents_with_facts(split: str, seed: int, n: int, facts: int, towns: int, zipf: float) -> tuple[str, ...]:
     rng = random.Random(_split_seed(seed, split) ^ 0x5EED)
     return tuple(
-        f"{doc}\n\n{' '.join(fact(rng) for _ in range(rng.randint((facts + 1) // 2, facts)))}"
+        f"{doc}\n\n{' '.join(fact(rng, towns, zipf) for _ in range(rng.randint((facts + 1) // 2, facts)))}"
         for doc in _documents(split, seed, n)
     )
 
 
 def lm_corpus(
-    num_documents: int | None = None, *, seed: int = 0, split: str = "train", facts: int = 0
+    num_documents: int | None = None,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    facts: int = 0,
+    fact_towns: int = FACT_TOWNS,
+    fact_zipf: float = FACT_ZIPF,
 ) -> list[str]:
     """Documents of the embedded language-modelling corpus (about 3 MB for the default train split).
 
@@ -775,6 +782,8 @@ def lm_corpus(
     ends each document with a paragraph of ``ceil(facts / 2)`` to ``facts`` sentences from the
     ``gazetteer``: knowledge in a long tail (a few towns common, most rare), the same in every split,
     which a model can only hold in its parameters. The grammar's own text carries little to memorise.
+    ``fact_towns`` keeps the facts to the gazetteer's first N towns (at most ``FACT_TOWNS``) and
+    ``fact_zipf`` sets their law, a town's share ∝ rank^-fact_zipf (0: every town equally often).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -783,7 +792,13 @@ def lm_corpus(
         raise ValueError(f"num_documents must be >= 0, got {num_documents}")
     if facts < 0:
         raise ValueError(f"facts must be >= 0, got {facts}")
-    return list(_documents_with_facts(split, seed, n, facts) if facts else _documents(split, seed, n))
+    if not 1 <= int(fact_towns) <= FACT_TOWNS or int(fact_towns) != fact_towns:
+        raise ValueError(f"fact_towns must be an integer from 1 to {FACT_TOWNS}, got {fact_towns}")
+    if not (fact_zipf >= 0 and math.isfinite(fact_zipf)):
+        raise ValueError(f"fact_zipf must be a finite number >= 0, got {fact_zipf}")
+    if not facts:
+        return list(_documents(split, seed, n))
+    return list(_documents_with_facts(split, seed, n, facts, int(fact_towns), float(fact_zipf)))
 
 
 def corpus_size_bytes(split: str = "train", num_documents: int | None = None, *, seed: int = 0) -> int:
