@@ -88,6 +88,12 @@ loss counting 0)::
     python reproductions/switch_vs_t5.py --output-dir reproductions/results/switch_vs_t5_fresh_16e \
         --set num_experts=16 max_steps=3000 max_documents=60000 eval_steps=100 threads=2
 
+Result (two CPU threads, 1,146 s, ``results/switch_vs_t5_fresh_16e/``): dense / Switch final validation
+loss 3.721 / 3.608, 3.736 / 3.625, 3.737 / 3.673 for seeds 42-44; the Switch model reaches the dense
+model's final loss at steps 1,995, 1,826 and 2,297 of 3,000: speed-ups 1.50×, 1.64×, 1.31×, median 1.50×:
+**the claim holds** as set down (every seed above 1.25×). 1.35M parameters against 0.36M, the same
+FLOPs per token; 8-11% of the Switch model's tokens dropped at the end (capacity factor 1.25).
+
 Writes ``switch_vs_t5.json`` and ``switch_vs_t5.png`` into ``--output-dir``.
 """
 
