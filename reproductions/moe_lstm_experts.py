@@ -77,6 +77,31 @@ unchanged; two processes on one vocabulary (dense + MoE-4, then MoE-16 + MoE-64)
 Result (one CPU thread each, 22 + 24 min): validation perplexity dense 6.743, MoE-4 6.920, MoE-16 6.912,
 MoE-64 6.830: monotone in experts, the dense model still best: the claim does NOT hold.
 
+**Probes with towns in equal shares (exploratory, 2026-12-06; not designs).** Under the Zipf law most
+towns are seen too rarely for any model to learn their facts and the common ones fit in any model, so
+the facts may never have filled the dense model. ``fact_towns`` / ``fact_zipf=0`` give the first N towns
+equal shares. Dense and MoE-64 only, one vocabulary per probe, one CPU thread each:
+
+- d = 64, ``facts=30``, 8,000 steps, 80,000 documents: 10,000 towns, perplexity dense 9.531 / MoE-64
+  9.610; 5,000 towns, 9.408 / 9.498 (``results/moe_lstm_experts_uniform_probe_*``);
+- d = 32 (h = 64), ``facts=100`` (about three quarters of the tokens are facts), 16,000 steps of 16 × 64,
+  40,000 documents: 3,000 towns, dense 6.421 / MoE-64 6.465; 6,000 towns, 6.535 / 6.593
+  (``results/moe_lstm_experts_d32_probe_*``). With 3,000 towns the MoE-64's gap shrinks throughout
+  (0.031 nats at step 2,000, 0.016 at 4,000, 0.0094 at 8,000, 0.0068 at 16,000) but does not close.
+
+**The 256-expert design (set down and committed 2026-12-06 before its runs).** The paper's flat family
+goes on to 256 experts (``moe-lstm-256``, Table 7), its perplexity still falling there; here 4 → 64
+experts gained 0.013 nats in the knowledge design. The closest probe above (d = 32, 3,000 towns in equal
+shares, ``facts=100``) with the whole flat family and 256 experts added; the rule over the family:
+perplexity falls strictly (4 > 16 > 64 > 256 experts) and MoE-256 beats the dense 4xLSTM. Two processes
+on one vocabulary (the byte-level BPE trains identically in separate processes), one CPU thread each::
+
+    python reproductions/moe_lstm_experts.py --output-dir reproductions/results/moe_lstm_experts_256 \
+        --set experts=256 hidden_size=32 expert_hidden_size=64 facts=100 fact_towns=3000 fact_zipf=0 \
+              max_steps=16000 max_documents=40000 validation_blocks=256 eval_steps=2000
+    python reproductions/moe_lstm_experts.py --output-dir reproductions/results/moe_lstm_experts_256_4_16_64 \
+        --set experts=4,16,64 baseline=false hidden_size=32 ...  # the same settings
+
 Writes ``moe_lstm_experts.json`` and ``moe_lstm_experts.png`` (validation perplexity against the number
 of experts with the baseline as a line; validation loss curves) into ``--output-dir``.
 """
