@@ -791,6 +791,11 @@ class EmbeddedFactsArguments:
     embedded_fact_zipf: float = field(
         default=FACT_ZIPF, metadata={"help": "A town's share of the facts ∝ rank^-s (0: every town equally often)."}
     )
+    embedded_fact_town_tokens: bool = field(
+        default=False,
+        metadata={"help": "Give each town the facts name one token of its own, as in a word-level "
+                          "vocabulary; the vocabulary grows by embedded_fact_towns."},
+    )
 
     def check_embedded_facts(self) -> None:
         name = type(self).__name__
@@ -804,6 +809,22 @@ class EmbeddedFactsArguments:
             raise ValueError(f"{name}: `embedded_fact_towns` must be 1 to {FACT_TOWNS}, got {self.embedded_fact_towns}.")
         if not (self.embedded_fact_zipf >= 0 and math.isfinite(self.embedded_fact_zipf)):
             raise ValueError(f"{name}: `embedded_fact_zipf` must be a finite number >= 0, got {self.embedded_fact_zipf}.")
+        if self.embedded_fact_town_tokens and not self.embedded_facts:
+            raise ValueError(f"{name}: `embedded_fact_town_tokens` needs facts to name the towns (embedded_facts > 0).")
+
+    def add_town_tokens(self, tokenizer: Any) -> None:
+        """With ``embedded_fact_town_tokens``: each town the facts name becomes one token, matched as a whole
+        word only (so "Late" takes nothing from "Later"; the space before it stays a token of its own),
+        appended to ``tokenizer`` in the gazetteer's order, so every process and a resumed run get the
+        same ids (a token already there is skipped)."""
+        if not self.embedded_fact_town_tokens:
+            return
+        from tokenizers import AddedToken
+
+        from hf_paper_models.data.corpus import gazetteer
+
+        towns = gazetteer()[0][: self.embedded_fact_towns]
+        tokenizer.add_tokens([AddedToken(town, single_word=True, normalized=False) for town in towns])
 
     def embedded_corpus(self, split: str, num_documents: int | None) -> Any:
         """The embedded corpus's ``split`` as a ``datasets.Dataset``, with these facts."""

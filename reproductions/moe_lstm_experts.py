@@ -181,6 +181,7 @@ class Settings:
     facts: int = 0
     fact_towns: int = FACT_TOWNS  # the facts name the gazetteer's first N towns
     fact_zipf: float = FACT_ZIPF  # a town's share ∝ rank^-fact_zipf (0: equal shares)
+    fact_town_tokens: bool = False  # each town one token of its own (a word-level vocabulary's view)
     eval_steps: int = 100
     logging_steps: int = 10
     eval_batch_size: int = 32
@@ -252,7 +253,7 @@ def recipe_argv(spec: dict, s: Settings, run_dir: Path, cache: Path) -> list[str
         argv += ["--max_documents", str(s.max_documents)]
     if s.facts > 0:
         argv += ["--embedded_facts", str(s.facts), "--embedded_fact_towns", str(s.fact_towns),
-                 "--embedded_fact_zipf", str(s.fact_zipf)]  # fmt: skip
+                 "--embedded_fact_zipf", str(s.fact_zipf), "--embedded_fact_town_tokens", str(s.fact_town_tokens)]  # fmt: skip
     return argv
 
 
@@ -345,7 +346,8 @@ def train_one(recipe, spec: dict, s: Settings, runs: Path, cache: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(final)
     data_args = recipe.DataArguments(block_size=s.block_size, max_documents=s.max_documents or None,
                                      embedded_facts=s.facts, embedded_fact_towns=s.fact_towns,
-                                     embedded_fact_zipf=s.fact_zipf)  # fmt: skip
+                                     embedded_fact_zipf=s.fact_zipf,
+                                     embedded_fact_town_tokens=s.fact_town_tokens)  # fmt: skip
     blocks = recipe.build_datasets(data_args, tokenizer, s.seed)["validation"]
     if s.validation_blocks:
         blocks = blocks.select(range(min(s.validation_blocks, len(blocks))))

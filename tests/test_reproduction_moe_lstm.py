@@ -99,5 +99,11 @@ def test_the_facts_settings_reach_both_recipes(tmp_path):
         types = [recipe.TrainingLoopArguments, recipe.ModelArguments, recipe.DataArguments]
         data = parse_args(types, argv_of(module.Settings(facts=12, fact_towns=5000, fact_zipf=0.0)))[2]
         assert (data.embedded_facts, data.embedded_fact_towns, data.embedded_fact_zipf) == (12, 5000, 0.0)
+        assert not data.embedded_fact_town_tokens
         data = parse_args(types, argv_of(module.Settings()))[2]  # no facts unless asked
         assert data.embedded_facts == 0
+    settings = moe_lstm_experts.Settings(facts=12, fact_towns=500, fact_town_tokens=True)
+    argv = moe_lstm_experts.recipe_argv(moe_lstm_experts.model_specs(settings)[0], settings, tmp_path, tmp_path)
+    recipe = load_script(moe_lstm_experts.ROOT / "training" / "pretrain_lm.py")
+    data = parse_args([recipe.TrainingLoopArguments, recipe.ModelArguments, recipe.DataArguments], argv)[2]
+    assert data.embedded_fact_town_tokens and data.embedded_fact_towns == 500

@@ -221,6 +221,39 @@ def test_embedded_facts_reach_the_blocks_and_refuse_a_real_dataset():
         for bad in ({"embedded_fact_towns": 0}, {"embedded_fact_zipf": -1.0}):
             with pytest.raises(ValueError, match=next(iter(bad))):
                 module.DataArguments(embedded_facts=3, **bad)
+        with pytest.raises(ValueError, match="embedded_fact_town_tokens"):
+            module.DataArguments(embedded_fact_town_tokens=True)  # no facts to name the towns
+
+
+def test_town_tokens_make_each_named_town_one_whole_word_token():
+    from hf_paper_models.data.corpus import gazetteer, lm_corpus
+    from hf_paper_models.tokenizers import get_tokenizer
+
+    script = load_script(SCRIPT)
+    towns = gazetteer()[0][:300]
+    args = script.DataArguments(embedded_facts=8, embedded_fact_towns=300, embedded_fact_zipf=0.0,
+                                embedded_fact_town_tokens=True)  # fmt: skip
+    tokenizer = get_tokenizer("byte_bpe", vocab_size=512)
+    base = len(tokenizer)
+    args.add_town_tokens(tokenizer)
+    assert len(tokenizer) == base + 300
+    args.add_town_tokens(tokenizer)  # a resumed run adds nothing twice: the same ids
+    assert len(tokenizer) == base + 300
+    docs = lm_corpus(60, facts=8, fact_towns=300, fact_zipf=0.0)
+    for doc in docs:
+        ids = tokenizer(doc)["input_ids"]
+        assert tokenizer.decode(ids) == doc
+        # one token per mention, counted independently of the tokenizer
+        named = re.findall(r"\b(" + "|".join(towns) + r")\b", doc)
+        assert sorted(tokenizer.decode([i]) for i in ids if i >= base) == sorted(named)
+    # whole words only: a town that begins a longer word (another town, a grammar word) leaves it alone
+    short, long_ = next((a, b) for a in towns for b in towns if b != a and b.startswith(a))
+    ids = tokenizer(f"The mayor of {long_} is Leo. {short}r went home.")["input_ids"]
+    assert [tokenizer.decode([i]) for i in ids if i >= base] == [long_]
+    plain = script.DataArguments(embedded_facts=8)
+    before = len(tokenizer)
+    plain.add_town_tokens(tokenizer)  # off by default
+    assert len(tokenizer) == before
 
 
 def test_bad_config_file_and_choice(tmp_path: Path):

@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> Path:
         tokenizer = load_tokenizer(
             model_args, loop_args, config.max_position_embeddings, accelerator.is_main_process
         )
+        data_args.add_town_tokens(tokenizer)
         data = build_datasets(data_args, tokenizer, loop_args.seed)
     config = build_config(
         model_args,

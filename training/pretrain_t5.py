@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator: Accelerator = make_accelerator(loop_args)
     with accelerator.main_process_first():
         tokenizer = load_tokenizer(model_args, loop_args.output_dir, max(data_args.inputs_length, 512))
+        data_args.add_town_tokens(tokenizer)
         data = build_datasets(data_args, tokenizer, loop_args.seed)
     config = build_config(
         model_args,
