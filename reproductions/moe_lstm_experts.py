@@ -107,6 +107,14 @@ MoE-64 6.465, MoE-256 6.443 (losses 1.8595, 1.8688, 1.8600, 1.8663, 1.8631): not
 model best, so the claim does NOT hold. MoE-16 comes within 0.0005 nats of the dense model; the dense
 model and MoE-64 repeat the probe's numbers to the last digit (deterministic on one thread).
 
+**Single-token towns (an exploratory probe after that result; not a design).** The guess: the paper's
+word-level vocabulary hands every word's identity to the MoE layer, while here a town is two or three
+byte-level BPE pieces the first LSTM layer must compose. ``fact_town_tokens=true`` makes each of the
+3,000 towns one whole-word token (vocabulary 5,048); the d = 32 settings above at 8,000 steps, two
+processes (dense + MoE-16, 22 min; MoE-64, 12 min; ``results/moe_lstm_experts_town_tokens_probe*``):
+perplexity dense 6.529, MoE-16 6.732, MoE-64 6.639. The MoEs fall further behind (MoE-64 0.017 nats
+at step 8,000, against 0.009 with BPE towns): the guess is not supported.
+
 Writes ``moe_lstm_experts.json`` and ``moe_lstm_experts.png`` (validation perplexity against the number
 of experts with the baseline as a line; validation loss curves) into ``--output-dir``.
 """
