@@ -815,8 +815,9 @@ class EmbeddedFactsArguments:
     def add_town_tokens(self, tokenizer: Any) -> None:
         """With ``embedded_fact_town_tokens``: each town the facts name becomes one token, matched as a whole
         word only (so "Late" takes nothing from "Later"; the space before it stays a token of its own),
-        appended to ``tokenizer`` in the gazetteer's order, so every process and a resumed run get the
-        same ids (a token already there is skipped)."""
+        appended to ``tokenizer`` in the gazetteer's order (a token already there is skipped). The recipes
+        call it on the tokenizer they train, before saving the run's copy that every process and a resumed
+        run load."""
         if not self.embedded_fact_town_tokens:
             return
         from tokenizers import AddedToken

@@ -256,6 +256,24 @@ def test_town_tokens_make_each_named_town_one_whole_word_token():
     assert len(tokenizer) == before
 
 
+def test_the_runs_saved_tokenizer_carries_the_town_tokens(tmp_path: Path):
+    """The copy in output_dir/tokenizer (what other processes and a resumed run load) has them."""
+    from transformers import AutoTokenizer
+
+    from hf_paper_models.training_utils import parse_args
+
+    script = load_script(SCRIPT)
+    argv = ["--output_dir", str(tmp_path), "--tokenizer_kind", "byte_bpe", "--vocab_size", "512",
+            "--embedded_facts", "8", "--embedded_fact_towns", "300", "--embedded_fact_town_tokens", "true"]  # fmt: skip
+    loop_args, model_args, data_args = parse_args(
+        [script.TrainingLoopArguments, script.ModelArguments, script.DataArguments], argv
+    )
+    tokenizer = script.load_tokenizer(model_args, loop_args, 64, True, data_args)
+    saved = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    assert len(saved) == len(tokenizer) == 512 + 300
+    assert saved("The mayor of Nekero is Leo.")["input_ids"] == tokenizer("The mayor of Nekero is Leo.")["input_ids"]
+
+
 def test_bad_config_file_and_choice(tmp_path: Path):
     script = load_script(SCRIPT)
     bad_yaml = tmp_path / "bad.yaml"

@@ -128,7 +128,11 @@ def build_config(model_args: ModelArguments, data_args: DataArguments, **extra: 
 
 
 def load_tokenizer(
-    model_args: ModelArguments, loop_args: TrainingLoopArguments, max_length: int, is_main_process: bool
+    model_args: ModelArguments,
+    loop_args: TrainingLoopArguments,
+    max_length: int,
+    is_main_process: bool,
+    data_args: DataArguments | None = None,
 ) -> PreTrainedTokenizerBase:
     """The run's tokenizer, kept in ``output_dir/tokenizer`` so that a resumed run and every process
     use exactly the one the checkpoints were trained with.
@@ -155,6 +159,8 @@ def load_tokenizer(
             cache_dir=model_args.tokenizer_cache_dir,
             model_max_length=max_length,
         )
+    if data_args is not None:
+        data_args.add_town_tokens(tokenizer)  # part of the saved copy
     tokenizer.save_pretrained(saved)
     return tokenizer
 
@@ -223,9 +229,8 @@ def main(argv: list[str] | None = None) -> Path:
         datasets.disable_progress_bars()  # one set of progress bars per machine
     with accelerator.main_process_first():
         tokenizer = load_tokenizer(
-            model_args, loop_args, config.max_position_embeddings, accelerator.is_main_process
+            model_args, loop_args, config.max_position_embeddings, accelerator.is_main_process, data_args
         )
-        data_args.add_town_tokens(tokenizer)
         data = build_datasets(data_args, tokenizer, loop_args.seed)
     config = build_config(
         model_args,

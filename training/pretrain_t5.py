@@ -205,7 +205,9 @@ def train_t5_tokenizer(
     return tokenizer
 
 
-def load_tokenizer(model_args: ModelArguments, output_dir: str, max_length: int) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    model_args: ModelArguments, output_dir: str, max_length: int, data_args: DataArguments | None = None
+) -> PreTrainedTokenizerBase:
     """The run's tokenizer: the one an earlier (interrupted) run saved in ``output_dir/tokenizer``, else
     ``tokenizer_path``, else T5's kind trained on the embedded data."""
     saved = Path(output_dir) / "tokenizer"
@@ -217,6 +219,8 @@ def load_tokenizer(model_args: ModelArguments, output_dir: str, max_length: int)
         tokenizer = train_t5_tokenizer(
             model_args.vocab_size, model_args.tokenizer_corpus, model_args.tokenizer_cache_dir, max_length
         )
+    if data_args is not None:
+        data_args.add_town_tokens(tokenizer)  # part of the saved copy
     tokenizer.save_pretrained(saved)
     return tokenizer
 
@@ -325,8 +329,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     accelerator: Accelerator = make_accelerator(loop_args)
     with accelerator.main_process_first():
-        tokenizer = load_tokenizer(model_args, loop_args.output_dir, max(data_args.inputs_length, 512))
-        data_args.add_town_tokens(tokenizer)
+        tokenizer = load_tokenizer(model_args, loop_args.output_dir, max(data_args.inputs_length, 512), data_args)
         data = build_datasets(data_args, tokenizer, loop_args.seed)
     config = build_config(
         model_args,
